@@ -1,0 +1,200 @@
+# ddbench workflow: `snakemake --cores all` (embedded default) or
+# `snakemake --cores all --config preset=gpu`. Every rule runs the same
+# `python -m pipeline <stage>` command as the matching dvc.yaml stage
+# (tests/test_workflow.py checks this). No logic here beyond expanding the grid.
+import re
+import yaml
+from pipeline import config as ddconfig, dag
+
+configfile: "params.yaml"
+
+# params.yaml (plus presets/<preset>.yaml) is the one configuration: only `preset`
+# may come from the command line, so that every job reads the same settings.
+_on_disk = yaml.safe_load(open("params.yaml"))
+_extra = sorted(k for k in config if k != "preset" and config[k] != _on_disk.get(k))
+if _extra:
+    raise ValueError(f"--config may set only `preset`; edit params.yaml or presets/ for {_extra}")
+
+CFG = ddconfig.load("params.yaml", preset=config.get("preset"))
+P = dag.paths(CFG)
+PRE = f"python -m pipeline --preset {CFG.preset}"
+JOBS = dag.jobs(CFG)
+IMAGE_SETS = [d for d, r in CFG.runs.items() if not r.dataset.is_gaussian]
+
+
+def params_of(stage):
+    return lambda wc: dag.params_values(CFG, dag.params_keys(CFG, stage, getattr(wc, "dataset", None)))
+
+
+def deps_of(stage):
+    return [d for j in JOBS if j.stage == stage for d in j.deps]
+
+
+def is_gaussian(dataset):
+    return CFG.runs[dataset].dataset.is_gaussian
+
+
+wildcard_constraints:
+    dataset="|".join(map(re.escape, CFG.runs)),
+    point="[A-Za-z0-9+.-]+",
+    features="inception|classifier|exact",
+
+
+rule all:
+    input:
+        P["tables"],
+        P["figures"],
+        P["metrics"],
+
+
+rule prepare_data:
+    output:
+        images=P["images"],
+        manifest=P["manifest"],
+    params:
+        cfg=params_of("prepare-data"),
+    log:
+        P["logs"] + "/prepare-data/{dataset}.log",
+    shell:
+        PRE + " prepare-data --dataset {wildcards.dataset} --out " + P["data"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
+
+
+rule train:
+    input:
+        images=P["images"],
+        manifest=P["manifest"],
+    output:
+        unet=P["unet"],
+        unet_json=P["unet_json"],
+        loss_csv=P["loss_csv"],
+        loss_png=report(P["loss_png"], caption="report/loss.rst", category="Training"),
+    params:
+        cfg=params_of("train"),
+    log:
+        P["logs"] + "/train/{dataset}.log",
+    resources:
+        gpu=1,
+    shell:
+        PRE + " train --dataset {wildcards.dataset} --data " + P["data"].replace("{dataset}", "{wildcards.dataset}")
+        + " --out " + P["models"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
+
+
+rule train_classifier:
+    input:
+        images=P["images"],
+        manifest=P["manifest"],
+    output:
+        weights=P["classifier"],
+        sidecar=P["classifier_json"],
+    params:
+        cfg=params_of("train-classifier"),
+    log:
+        P["logs"] + "/train-classifier/{dataset}.log",
+    resources:
+        gpu=1,
+    shell:
+        PRE + " train-classifier --dataset {wildcards.dataset} --data " + P["data"].replace("{dataset}", "{wildcards.dataset}")
+        + " --out {output.weights} --log {log}"
+
+
+rule ref_stats:
+    input:
+        images=P["images"],
+        manifest=P["manifest"],
+        classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset), P["classifier_json"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
+    output:
+        stats=P["stats"],
+        sidecar=P["stats_json"],
+    params:
+        cfg=params_of("ref-stats"),
+        clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
+    log:
+        P["logs"] + "/ref-stats/{dataset}-{features}.log",
+    resources:
+        gpu=1,
+    shell:
+        PRE + " ref-stats --dataset {wildcards.dataset} --features {wildcards.features} --data "
+        + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.clf} --out {output.stats} --log {log}"
+
+
+rule sample:
+    input:
+        manifest=P["manifest"],
+        model=lambda wc: [] if is_gaussian(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)],
+    output:
+        samples=P["samples"],
+        grid=P["grid"],
+        record=P["record"],
+    params:
+        cfg=params_of("sample"),
+        model=lambda wc: "" if is_gaussian(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
+        out=lambda wc: P["run"].format(dataset=wc.dataset, point=wc.point),
+    log:
+        P["logs"] + "/sample/{dataset}/{point}.log",
+    resources:
+        gpu=1,
+    shell:
+        PRE + " sample --dataset {wildcards.dataset} --point {wildcards.point} --data "
+        + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.model} --out {params.out} --log {log}"
+
+
+rule fid:
+    input:
+        manifest=P["manifest"],
+        samples=P["samples"],
+        stats=lambda wc: [] if is_gaussian(wc.dataset) else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
+        classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
+    output:
+        record=P["fid"],
+    params:
+        cfg=params_of("fid"),
+        stats=lambda wc: "" if is_gaussian(wc.dataset) else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
+        clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
+    log:
+        P["logs"] + "/fid/{dataset}/{point}-{features}.log",
+    resources:
+        gpu=1,
+    shell:
+        PRE + " fid --dataset {wildcards.dataset} --point {wildcards.point} --features {wildcards.features} --data "
+        + P["data"].replace("{dataset}", "{wildcards.dataset}")
+        + " --samples {input.samples}{params.stats}{params.clf} --out {output.record} --log {log}"
+
+
+rule aggregate:
+    input:
+        deps_of("aggregate"),
+    output:
+        tables=report(directory(P["tables"]), patterns=["{name}.csv"], caption="report/tables.rst", category="Tables"),
+        records=P["records"],
+        metrics=P["metrics"],
+    params:
+        cfg=params_of("aggregate"),
+    log:
+        P["logs"] + "/aggregate.log",
+    shell:
+        PRE + f" aggregate --out {CFG.results_dir} --log {{log}}"
+
+
+rule figures:
+    input:
+        deps_of("figures"),
+    output:
+        figures=report(directory(P["figures"]), patterns=["{name}.png"], caption="report/figures.rst", category="Figures"),
+    params:
+        cfg=params_of("figures"),
+    log:
+        P["logs"] + "/figures.log",
+    shell:
+        PRE + " figures --out {output.figures} --log {log}"
+
+
+onsuccess:
+    # Keep DVC in step: record what Snakemake just built in dvc.lock, so that a
+    # following `dvc repro` finds nothing to redo (only when dvc.yaml describes
+    # this same preset and the folder is a DVC project).
+    import os, subprocess
+    if os.path.isdir(".dvc") and os.path.exists("dvc.yaml"):
+        with open("dvc.yaml") as f:
+            head = f.readline() + f.readline()
+        if f"(preset: {CFG.preset})" in head:
+            subprocess.run(["dvc", "commit", "--force", "--quiet"], check=False)

@@ -1,0 +1,316 @@
+"""`python -m pipeline [--params params.yaml] [--preset NAME] [--set KEY=VALUE] <stage> ...`
+
+One subcommand per pipeline stage; Snakemake rules and DVC stages run exactly these
+commands. The configuration is loaded and validated once, here; a bad value is one
+line on stderr naming the key and what is allowed, exit status 2, before any compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import Config, ConfigError, GridPoint
+
+STAGES = ("prepare-data", "train", "train-classifier", "ref-stats", "sample", "fid", "aggregate", "figures")
+POINT_RE = re.compile(r"^(?P<sampler>.+)-s(?P<steps>\d+)-(?P<spacing>uniform|quadratic|linspace|trailing)(?:-eta(?P<eta>[0-9.]+))?$")
+
+
+class _Tee:
+    """Copy a stream to a log file (the `log:` of a Snakemake rule)."""
+
+    def __init__(self, stream, log):
+        self.stream, self.log = stream, log
+
+    def write(self, s):
+        self.stream.write(s)
+        self.log.write(s)
+        self.log.flush()
+        return len(s)
+
+    def flush(self):
+        self.stream.flush()
+        self.log.flush()
+
+    def isatty(self):
+        return False
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+def parse_point(name: str) -> GridPoint:
+    m = POINT_RE.match(name)
+    if not m:
+        raise ConfigError(f"--point {name!r}: expected <sampler>-s<steps>-<spacing>[-eta<eta>], e.g. ddim-s10-uniform-eta0")
+    eta = m["eta"]
+    return GridPoint(m["sampler"], int(m["steps"]), m["spacing"], None if eta is None else float(eta))
+
+
+def _run_for(cfg: Config, dataset: str):
+    if dataset not in cfg.runs:
+        raise ConfigError(f"--dataset {dataset!r}: not in run.datasets of preset {cfg.preset!r}; allowed: {list(cfg.runs)}")
+    return cfg.runs[dataset]
+
+
+def _point_in_grid(run, name: str) -> GridPoint:
+    point = parse_point(name)
+    known = {p.name: p for p in run.points}
+    if name not in known:
+        raise ConfigError(f"--point {name!r}: not in the grid of dataset {run.dataset.name!r}; allowed: {sorted(known)}")
+    return known[name]
+
+
+def _features_ok(run, features: str) -> None:
+    if features not in run.features:
+        raise ConfigError(f"--features {features!r}: not configured for dataset {run.dataset.name!r}; allowed: {list(run.features)}")
+
+
+# --- stage commands -------------------------------------------------------------------------
+
+def cmd_prepare_data(cfg: Config, a) -> None:
+    from pipeline import data
+
+    run = _run_for(cfg, a.dataset)
+    manifest = data.prepare(run.dataset, Path(a.out))
+    print(f"prepare-data: {a.dataset}: {manifest.get('count')} items -> {a.out}")
+
+
+def cmd_train(cfg: Config, a) -> None:
+    from pipeline import train
+
+    run = _run_for(cfg, a.dataset)
+    resume = cfg.build_dir / "resume" / a.dataset
+    train.train(run.train, run.model, cfg.diffusion, Path(a.data), Path(a.out), resume)
+
+
+def cmd_train_classifier(cfg: Config, a) -> None:
+    from pipeline import classifier
+
+    run = _run_for(cfg, a.dataset)
+    classifier.train_classifier(run.classifier, Path(a.data), Path(a.out))
+
+
+def cmd_ref_stats(cfg: Config, a) -> None:
+    from pipeline import fid
+
+    run = _run_for(cfg, a.dataset)
+    _features_ok(run, a.features)
+    fid.reference_stats(run.fid, a.features, Path(a.data), a.classifier and Path(a.classifier), Path(a.out))
+
+
+def cmd_sample(cfg: Config, a) -> None:
+    from pipeline import sample
+
+    run = _run_for(cfg, a.dataset)
+    point = _point_in_grid(run, a.point)
+    if run.dataset.is_gaussian == (a.model is not None):
+        raise ConfigError(f"--model: {'not used' if run.dataset.is_gaussian else 'required'} for dataset {a.dataset!r}")
+    rec = sample.run(run.sample, point, cfg.diffusion, Path(a.data), a.model and Path(a.model), Path(a.out), a.dataset)
+    print(f"sample: {a.dataset}/{point.name}: {rec.get('n_images')} images, nfe {rec.get('nfe')}, {rec.get('images_per_s', 0):.2f} img/s")
+
+
+def cmd_fid(cfg: Config, a) -> None:
+    from pipeline import fid
+
+    run = _run_for(cfg, a.dataset)
+    _features_ok(run, a.features)
+    _point_in_grid(run, a.point)
+    rec = fid.evaluate(run.fid, a.features, Path(a.samples), Path(a.data), a.stats and Path(a.stats),
+                       a.classifier and Path(a.classifier), Path(a.out), a.dataset, a.point)
+    print(f"fid: {a.dataset}/{a.point} [{a.features}]: FID {rec.get('fid')}")
+
+
+def _records(cfg: Config) -> tuple[list, list]:
+    from pipeline import dag
+
+    sample_recs, fid_recs = [], []
+    for job in dag.jobs(cfg):
+        if job.stage == "sample":
+            sample_recs += [Path(p) for p in job.outs if p.endswith("record.json")]
+        elif job.stage == "fid":
+            fid_recs += [Path(p) for p in job.outs]
+    return sample_recs, fid_recs
+
+
+def cmd_aggregate(cfg: Config, a) -> None:
+    from pipeline import aggregate, dag, io
+
+    sample_recs, fid_recs = _records(cfg)
+    missing = [str(p) for p in sample_recs + fid_recs if not p.exists()]
+    if missing:
+        raise ConfigError(f"aggregate: {len(missing)} run record(s) missing, e.g. {missing[0]}; run the sample/fid stages first")
+    out = Path(a.out)
+    frame = aggregate.run(sample_recs, fid_recs, out / "tables", preset=cfg.preset)
+    # Every record, verbatim, in one git-tracked file: the provenance of each number.
+    lines = [json.dumps({"kind": "sample", **io.read_json(p)}, sort_keys=True) for p in sample_recs]
+    lines += [json.dumps({"kind": "fid", **io.read_json(p)}, sort_keys=True) for p in fid_recs]
+    io.write_text(dag.paths(cfg)["records"], "\n".join(lines) + "\n")
+    # `dvc metrics show/diff`: FID per dataset / feature space / point.
+    metrics: dict = {}
+    for row in frame.to_dict("records"):
+        metrics.setdefault(row["dataset"], {}).setdefault(row["features"], {})[row["point"]] = {
+            k: row.get(k) for k in ("fid", "kid_mean", "nfe", "images_per_s")
+        }
+    io.write_json(dag.paths(cfg)["metrics"], metrics)
+    print(f"aggregate: {len(frame)} rows -> {out}")
+
+
+def cmd_figures(cfg: Config, a) -> None:
+    from pipeline import dag, figures
+
+    P = dag.paths(cfg)
+    mosaic = {}
+    for ds, run in cfg.runs.items():
+        if run.dataset.is_gaussian:
+            continue
+        for p in run.points:
+            mosaic[(ds, p.name)] = Path(P["samples"].format(dataset=ds, point=p.name))
+    written = figures.run(Path(P["tables"]) / "runs.csv", mosaic, Path(a.out), mosaic_seeds=cfg.mosaic_seeds)
+    print(f"figures: {len(written)} files -> {a.out}")
+
+
+# --- tooling commands -----------------------------------------------------------------------
+
+def cmd_validate(cfg: Config, a) -> None:
+    n = sum(len(r.points) for r in cfg.runs.values())
+    print(f"ok: preset {cfg.preset!r}, datasets {list(cfg.runs)}, {n} grid points")
+    if a.points:
+        for ds, run in cfg.runs.items():
+            for p in run.points:
+                print(f"{ds}\t{p.name}")
+
+
+def cmd_dvc_yaml(cfg: Config, a) -> None:
+    from pipeline import dag, io
+
+    io.write_text(a.out, dag.render_dvc_yaml(cfg))
+    print(f"dvc-yaml: {len(dag.jobs(cfg))} stages (preset {cfg.preset}) -> {a.out}")
+
+
+def cmd_preset(cfg: Config, a, params_path: Path) -> None:
+    """Switch both engines: set `preset:` in params.yaml (comments kept) and regenerate dvc.yaml."""
+    from pipeline import config, dag, io
+
+    text = params_path.read_text()
+    if not re.search(r"^preset:.*$", text, flags=re.M):
+        raise ConfigError(f"{params_path}: no top-level `preset:` line to switch")
+    new_cfg = config.load(params_path, preset=a.name)  # validate before touching anything
+    io.write_text(params_path, re.sub(r"^preset:[ \t]*[^\s#]*", f"preset: {a.name}", text, count=1, flags=re.M))
+    io.write_text(params_path.parent / "dvc.yaml", dag.render_dvc_yaml(new_cfg))
+    print(f"preset: {a.name} ({len(dag.jobs(new_cfg))} jobs); params.yaml and dvc.yaml updated")
+
+
+def cmd_convert_inception(cfg, a) -> None:
+    from pipeline import fid
+
+    fid.convert_inception(Path(a.torchscript), Path(a.out))
+    print(f"convert-inception: {a.torchscript} -> {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[1].strip())
+    p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    p.add_argument("--preset", default=None, help="overlay presets/<NAME>.yaml (default: the `preset:` key of params.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one value, e.g. --set train.steps=100 (repeatable)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    def stage(name, help_, **kw):
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("--log", help="also write this command's output to this file")
+        return s
+
+    s = stage("prepare-data", "Load a data set, check it, write images.npz + manifest.json.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--out", required=True, help="output folder")
+    s = stage("train", "Train the eps-prediction U-Net (or import a pretrained one); resumes from build/<preset>/resume/.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--data", required=True, help="prepare-data output folder")
+    s.add_argument("--out", required=True, help="output folder: unet.safetensors, unet.json, loss.csv, loss.png")
+    s = stage("train-classifier", "Train the small classifier whose features define the `classifier` FID space.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="classifier .safetensors (a .json sidecar is written beside it)")
+    s = stage("ref-stats", "Feature statistics of the training split, computed once per data set and feature space.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--features", required=True, help="inception | classifier")
+    s.add_argument("--data", required=True)
+    s.add_argument("--classifier", help="classifier weights (for --features classifier)")
+    s.add_argument("--out", required=True, help="statistics .npz (a .json sidecar is written beside it)")
+    s = stage("sample", "Sample one grid point: N images, a grid PNG and a run record (NFE, wall s, img/s, hardware).")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--point", required=True, help="grid point, e.g. ddim-s10-uniform-eta0 or f-pndm-s20-uniform")
+    s.add_argument("--data", required=True, help="prepare-data output folder (manifest)")
+    s.add_argument("--model", help="checkpoint from the train stage (not for the gaussian data set)")
+    s.add_argument("--out", required=True, help="output folder: samples.npz, grid.png, record.json")
+    s = stage("fid", "FID and KID of one grid point's samples against the reference statistics.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--point", required=True)
+    s.add_argument("--features", required=True, help="inception | classifier | exact (gaussian)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--samples", required=True)
+    s.add_argument("--stats", help="ref-stats output (not for the gaussian data set)")
+    s.add_argument("--classifier")
+    s.add_argument("--out", required=True, help="JSON record")
+    s = stage("aggregate", "Run records -> runs.csv, paper-layout tables (Markdown, LaTeX), claims, metrics.json.")
+    s.add_argument("--out", required=True, help="results folder, e.g. results/embedded")
+    s = stage("figures", "Seaborn figures (FID vs steps / NFE / wall-clock) and sample mosaics, PNG + PDF.")
+    s.add_argument("--out", required=True)
+
+    s = sub.add_parser("validate", help="Validate the configuration and print the grid.")
+    s.add_argument("--points", action="store_true", help="list every grid point")
+    s = sub.add_parser("dvc-yaml", help="Write dvc.yaml generated from the configuration.")
+    s.add_argument("--out", default="dvc.yaml")
+    s = sub.add_parser("preset", help="Switch the preset for both engines: edit `preset:` in params.yaml and regenerate dvc.yaml.")
+    s.add_argument("name", help="embedded | gpu | paper | any presets/<name>.yaml")
+    s = sub.add_parser("convert-inception", help="Convert the StyleGAN2-ADA/EDM TorchScript FID Inception into torch-fidelity weights.")
+    s.add_argument("torchscript", help="inception-2015-12-05.pt")
+    s.add_argument("--out", required=True)
+    return p
+
+
+def main(argv=None) -> int:
+    from pipeline import config
+
+    a = build_parser().parse_args(argv)
+    log = None
+    if getattr(a, "log", None):
+        Path(a.log).parent.mkdir(parents=True, exist_ok=True)
+        log = open(a.log, "w", encoding="utf-8")
+        sys.stdout, sys.stderr = _Tee(sys.__stdout__, log), _Tee(sys.__stderr__, log)
+    t0 = time.perf_counter()
+    try:
+        if a.command == "convert-inception":
+            cmd_convert_inception(None, a)
+            return 0
+        cfg = config.load(a.params, preset=a.preset, sets=a.set)
+        if a.command == "preset":
+            cmd_preset(cfg, a, Path(a.params))
+            return 0
+        handler = {
+            "prepare-data": cmd_prepare_data, "train": cmd_train, "train-classifier": cmd_train_classifier,
+            "ref-stats": cmd_ref_stats, "sample": cmd_sample, "fid": cmd_fid, "aggregate": cmd_aggregate,
+            "figures": cmd_figures, "validate": cmd_validate, "dvc-yaml": cmd_dvc_yaml,
+        }[a.command]
+        handler(cfg, a)
+        if a.command in STAGES:
+            print(f"{a.command}: done in {time.perf_counter() - t0:.1f} s")
+        return 0
+    except (ValueError, FileNotFoundError) as e:  # ConfigError, DataError, NonFiniteError are ValueErrors
+        if os.environ.get("DDBENCH_DEBUG"):
+            raise
+        msg = str(e).strip() or type(e).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    finally:
+        if log is not None:
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+            log.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

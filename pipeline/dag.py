@@ -1,0 +1,237 @@
+"""The benchmark DAG: every job of a configuration, with its command, files and params.
+
+Both engines describe this same DAG. The Snakefile expands its rules from the
+config (wildcards), and dvc.yaml is generated from `jobs()` here
+(`python -m pipeline dvc-yaml`); tests/test_workflow.py checks that the two agree
+command for command, file for file.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config import Config
+
+# Each stage's own modules: a DVC stage depends on these files, not the whole package.
+MODULES = {
+    "prepare-data": ["pipeline/data.py"],
+    "train": ["pipeline/train.py", "pipeline/unet.py", "pipeline/data.py", "pipeline/schedules.py"],
+    "train-classifier": ["pipeline/classifier.py", "pipeline/data.py"],
+    "ref-stats": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/data.py"],
+    "sample": ["pipeline/sample.py", "pipeline/samplers", "pipeline/schedules.py", "pipeline/gaussian.py", "pipeline/unet.py", "pipeline/train.py"],
+    "fid": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/gaussian.py"],
+    "aggregate": ["pipeline/aggregate.py", "pipeline/papers.py", "pipeline/reference"],
+    "figures": ["pipeline/figures.py"],
+}
+
+
+@dataclass
+class Job:
+    stage: str
+    name: str  # DVC stage name (letters, digits, '-', '_')
+    cmd: str
+    deps: list = field(default_factory=list)  # files made by other jobs
+    outs: list = field(default_factory=list)  # cached outputs (DVC cache, git-ignored)
+    outs_nocache: list = field(default_factory=list)  # small outputs kept in git
+    metrics: list = field(default_factory=list)  # JSON metrics, kept in git
+    params: list = field(default_factory=list)  # dotted params.yaml keys
+    log: str = ""
+    gpu: bool = False
+
+
+def stage_name(*parts: str) -> str:
+    name = "-".join(parts).replace("++", "pp").replace("+", "p")
+    return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+
+def paths(cfg: Config) -> dict:
+    b, r = str(cfg.build_dir), str(cfg.results_dir)
+    return {
+        "data": f"{b}/data/{{dataset}}",
+        "images": f"{b}/data/{{dataset}}/images.npz",
+        "manifest": f"{b}/data/{{dataset}}/manifest.json",
+        "models": f"{b}/models/{{dataset}}",
+        "unet": f"{b}/models/{{dataset}}/unet.safetensors",
+        "unet_json": f"{b}/models/{{dataset}}/unet.json",
+        "loss_csv": f"{b}/models/{{dataset}}/loss.csv",
+        "loss_png": f"{b}/models/{{dataset}}/loss.png",
+        "classifier": f"{b}/models/{{dataset}}/classifier.safetensors",
+        "classifier_json": f"{b}/models/{{dataset}}/classifier.json",
+        "stats": f"{b}/stats/{{dataset}}/{{features}}.npz",
+        "stats_json": f"{b}/stats/{{dataset}}/{{features}}.json",
+        "run": f"{b}/runs/{{dataset}}/{{point}}",
+        "samples": f"{b}/runs/{{dataset}}/{{point}}/samples.npz",
+        "grid": f"{b}/runs/{{dataset}}/{{point}}/grid.png",
+        "record": f"{b}/runs/{{dataset}}/{{point}}/record.json",
+        "fid": f"{b}/runs/{{dataset}}/{{point}}/fid-{{features}}.json",
+        "tables": f"{r}/tables",
+        "metrics": f"{r}/metrics.json",
+        "records": f"{r}/records.jsonl",
+        "figures": f"{r}/figures",
+        "logs": f"logs/{cfg.preset}",
+    }
+
+
+def _p(template: str, **kw) -> str:
+    return template.format(**kw)
+
+
+def params_keys(cfg: Config, stage: str, dataset: str | None = None) -> list:
+    """The params.yaml keys a stage reads (DVC `params:`; Snakemake `params:` holds their values)."""
+    per_ds = []
+    if dataset is not None:
+        per_ds = [f"datasets.{dataset}"]
+        ov = (cfg.merged.get("overrides") or {}).get(dataset) or {}
+        sections = {
+            "prepare-data": [],
+            "train": ["model", "train"],
+            "train-classifier": ["classifier"],
+            "ref-stats": ["fid"],
+            "sample": ["sample"],
+            "fid": ["fid"],
+        }[stage]
+        per_ds += [f"overrides.{dataset}.{s}" for s in sections if s in ov]
+    base = {
+        "prepare-data": [],
+        "train": ["diffusion", "model", "train"],
+        "train-classifier": ["classifier"],
+        "ref-stats": ["fid"],
+        "sample": ["diffusion", "sample"],
+        "fid": ["fid"],
+        "aggregate": ["run", "grid"],
+        "figures": ["grid.mosaic_seeds"],
+    }[stage]
+    return base + per_ds
+
+
+def params_values(cfg: Config, keys: list) -> dict:
+    """Values of dotted keys in the merged config (what Snakemake records to detect param changes)."""
+    out = {}
+    for key in keys:
+        node = cfg.merged
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+def jobs(cfg: Config) -> list:
+    P = paths(cfg)
+    pre = f"python -m pipeline --preset {cfg.preset}"
+    out: list[Job] = []
+    for ds, run in cfg.runs.items():
+        gauss = run.dataset.is_gaussian
+        f = lambda key, **kw: _p(P[key], dataset=ds, **kw)  # noqa: E731
+        out.append(Job(
+            "prepare-data", stage_name("prepare-data", ds),
+            f"{pre} prepare-data --dataset {ds} --out {f('data')} --log {P['logs']}/prepare-data/{ds}.log",
+            outs=[f("images"), f("manifest")], params=params_keys(cfg, "prepare-data", ds),
+            log=f"{P['logs']}/prepare-data/{ds}.log",
+        ))
+        if not gauss:
+            out.append(Job(
+                "train", stage_name("train", ds),
+                f"{pre} train --dataset {ds} --data {f('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
+                deps=[f("images"), f("manifest")],
+                outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
+                params=params_keys(cfg, "train", ds), log=f"{P['logs']}/train/{ds}.log", gpu=True,
+            ))
+            if "classifier" in run.features:
+                out.append(Job(
+                    "train-classifier", stage_name("train-classifier", ds),
+                    f"{pre} train-classifier --dataset {ds} --data {f('data')} --out {f('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
+                    deps=[f("images"), f("manifest")], outs=[f("classifier"), f("classifier_json")],
+                    params=params_keys(cfg, "train-classifier", ds), log=f"{P['logs']}/train-classifier/{ds}.log", gpu=True,
+                ))
+            for feat in run.features:
+                clf = feat == "classifier"
+                out.append(Job(
+                    "ref-stats", stage_name("ref-stats", ds, feat),
+                    f"{pre} ref-stats --dataset {ds} --features {feat} --data {f('data')}"
+                    + (f" --classifier {f('classifier')}" if clf else "")
+                    + f" --out {f('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
+                    deps=[f("images"), f("manifest")] + ([f("classifier"), f("classifier_json")] if clf else []),
+                    outs=[f("stats", features=feat), f("stats_json", features=feat)],
+                    params=params_keys(cfg, "ref-stats", ds), log=f"{P['logs']}/ref-stats/{ds}-{feat}.log", gpu=True,
+                ))
+        for point in run.points:
+            pt = point.name
+            model_deps = [] if gauss else [f("unet"), f("unet_json")]
+            out.append(Job(
+                "sample", stage_name("sample", ds, pt),
+                f"{pre} sample --dataset {ds} --point {pt} --data {f('data')}"
+                + ("" if gauss else f" --model {f('unet')}")
+                + f" --out {f('run', point=pt)} --log {P['logs']}/sample/{ds}/{pt}.log",
+                deps=[f("manifest")] + model_deps,
+                outs=[f("samples", point=pt), f("grid", point=pt), f("record", point=pt)],
+                params=params_keys(cfg, "sample", ds), log=f"{P['logs']}/sample/{ds}/{pt}.log", gpu=True,
+            ))
+            for feat in run.features:
+                clf = feat == "classifier"
+                stats = [] if gauss else [f("stats", features=feat)]
+                out.append(Job(
+                    "fid", stage_name("fid", ds, pt, feat),
+                    f"{pre} fid --dataset {ds} --point {pt} --features {feat} --data {f('data')}"
+                    + f" --samples {f('samples', point=pt)}"
+                    + ("" if gauss else f" --stats {f('stats', features=feat)}")
+                    + (f" --classifier {f('classifier')}" if clf else "")
+                    + f" --out {f('fid', point=pt, features=feat)} --log {P['logs']}/fid/{ds}/{pt}-{feat}.log",
+                    deps=[f("manifest"), f("samples", point=pt)] + stats + ([f("classifier")] if clf else []),
+                    outs=[f("fid", point=pt, features=feat)],
+                    params=params_keys(cfg, "fid", ds), log=f"{P['logs']}/fid/{ds}/{pt}-{feat}.log", gpu=True,
+                ))
+    records = [p for j in out if j.stage in ("sample", "fid") for p in j.outs if p.endswith(".json")]
+    out.append(Job(
+        "aggregate", "aggregate",
+        f"{pre} aggregate --out {cfg.results_dir} --log {P['logs']}/aggregate.log",
+        deps=records, outs_nocache=[P["tables"], P["records"]], metrics=[P["metrics"]],
+        params=params_keys(cfg, "aggregate"), log=f"{P['logs']}/aggregate.log",
+    ))
+    mosaic = [p for j in out if j.stage == "sample" for p in j.outs if p.endswith("samples.npz")]
+    out.append(Job(
+        "figures", "figures",
+        f"{pre} figures --out {P['figures']} --log {P['logs']}/figures.log",
+        deps=[P["tables"]] + mosaic, outs_nocache=[P["figures"]],
+        params=params_keys(cfg, "figures"), log=f"{P['logs']}/figures.log",
+    ))
+    return out
+
+
+def dvc_yaml(cfg: Config) -> dict:
+    """dvc.yaml for `cfg`: one stage per job, same command, files and params keys as the Snakefile."""
+    stages = {}
+    for job in jobs(cfg):
+        params = list(job.params)
+        st: dict = {"cmd": job.cmd, "deps": list(MODULES[job.stage]) + list(job.deps)}
+        if cfg.overlay_path is not None:
+            st["deps"].append(str(cfg.overlay_path))
+        st["params"] = params
+        outs = [o for o in job.outs]
+        outs += [{o: {"cache": False}} for o in job.outs_nocache]
+        if outs:
+            st["outs"] = outs
+        if job.metrics:
+            st["metrics"] = [{m: {"cache": False}} for m in job.metrics]
+        stages[job.name] = st
+    P = paths(cfg)
+    plots = [
+        {f"{cfg.results_dir}/tables/runs.csv": {"x": "nfe", "y": "fid", "template": "scatter",
+                                               "title": "FID vs NFE (all grid points)"}},
+    ]
+    for ds, run in cfg.runs.items():
+        if not run.dataset.is_gaussian:
+            plots.append({_p(P["loss_csv"], dataset=ds): {"x": "step", "y": "loss", "title": f"training loss ({ds})"}})
+    plots.append(P["figures"])
+    return {"stages": stages, "plots": plots}
+
+
+def render_dvc_yaml(cfg: Config) -> str:
+    import yaml
+
+    header = (
+        "# GENERATED by `python -m pipeline dvc-yaml` from params.yaml (preset: "
+        f"{cfg.preset}); do not edit by hand.\n"
+        "# The same jobs as the Snakefile: tests/test_workflow.py checks they agree.\n"
+    )
+    return header + yaml.safe_dump(dvc_yaml(cfg), sort_keys=False, width=1000)

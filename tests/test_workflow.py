@@ -1,0 +1,192 @@
+"""Real Snakemake and real DVC on a tiny configuration: both engines describe one DAG,
+run it end to end, never fight over finished outputs, and survive being killed."""
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+COPY = ["pipeline", "Snakefile", "presets", "profiles", "report", "pyproject.toml"]
+
+
+def tiny_params() -> dict:
+    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    p["datasets"]["mnist-embedded"]["limit"] = 256
+    p["datasets"]["gaussian"]["n"] = 400
+    p["train"].update(steps=8, batch_size=16, warmup_steps=2, checkpoint_every=4, log_every=2)
+    p["classifier"].update(steps=10, batch_size=32)
+    p["sample"].update(n_images=12, batch_size=12, grid_images=8)
+    p["fid"].update(kid_subsets=5, batch_size=16)
+    p["overrides"]["gaussian"]["sample"].update(n_images=200, batch_size=200)
+    p["grid"] = {
+        "ddim_table": {"steps": [2, 4], "eta": [0.0, 1.0], "sigma_hat": False, "spacings": ["uniform"]},
+        "pndm_table": {"samplers": ["s-pndm", "f-pndm"], "steps": [5], "spacings": ["uniform"]},
+        "mosaic_seeds": 4,
+    }
+    return p
+
+
+def sh(cmd, cwd, check=True, **kw):
+    env = {**os.environ, "DDBENCH_QUIET": "1", "PYTHONPATH": str(cwd)}
+    r = subprocess.run(cmd, cwd=cwd, shell=isinstance(cmd, str), capture_output=True, text=True, env=env, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def make_project(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for name in COPY:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / ".gitignore").write_text("/build/\n/logs/\n/.snakemake/\n__pycache__/\n")
+    sh([sys.executable, "-m", "pipeline", "dvc-yaml"], root)
+    sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q && dvc config core.analytics false "
+       "&& git add -A && git commit -qm init", root)
+    return root
+
+
+def snakemake(root, *args, check=True):
+    return sh(["snakemake", "--cores", "2", *args], root, check=check)
+
+
+def planned_jobs(root) -> list:
+    """Rules Snakemake would run now (dry run)."""
+    r = snakemake(root, "-n")
+    if "Nothing to be done" in r.stdout + r.stderr:
+        return []
+    return re.findall(r"^rule (\w+):", r.stdout, flags=re.M)
+
+
+def dvc_cmds(root) -> dict:
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return stages
+
+
+def tmp_leftovers(root):
+    return [p for d in ("build", "results") if (root / d).exists() for p in (root / d).rglob("*.tmp*")]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One Snakemake run of the tiny DAG, shared by the tests that inspect its results."""
+    root = make_project(tmp_path_factory.mktemp("snake") / "proj")
+    snakemake(root)
+    return root
+
+
+def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(tmp_path):
+    root = make_project(tmp_path / "proj")
+    r = snakemake(root, "-n", "-p", "--forceall")
+    snake_cmds = {" ".join(l.split()) for l in r.stdout.splitlines() if l.strip().startswith("python -m pipeline")}
+    stages = dvc_cmds(root)
+    assert snake_cmds == {" ".join(s["cmd"].split()) for s in stages.values()}
+    snake_outs = set()
+    for block in re.findall(r"^\s+output: (.+)$", r.stdout, flags=re.M):
+        snake_outs |= {o.strip() for o in block.split(",")}
+    dvc_outs = set()
+    for s in stages.values():
+        for o in s.get("outs", []) + s.get("metrics", []):
+            dvc_outs.add(o if isinstance(o, str) else next(iter(o)))
+    assert snake_outs == dvc_outs
+    for name, s in stages.items():
+        assert "pipeline" not in s["deps"] and "pipeline/" not in s["deps"], name  # own modules only
+        assert s["params"], name
+
+
+def test_snakemake_runs_the_tiny_pipeline_end_to_end(built):
+    runs = pd.read_csv(built / "results/embedded/tables/runs.csv")
+    assert set(runs["dataset"]) == {"mnist-embedded", "gaussian"}
+    assert len(runs) == 2 * 6  # 6 grid points per data set, one feature space each
+    assert runs["fid"].notna().all() and (runs["nfe"] > 0).all()
+    for f in ("s-pndm", "f-pndm"):
+        assert set(runs.loc[runs.sampler == f, "nfe"]) == {__import__("pipeline.samplers", fromlist=["nfe"]).nfe(f, 5)}
+    figs = list((built / "results/embedded/figures").glob("*.png"))
+    assert figs and list((built / "results/embedded/figures").glob("*.pdf"))
+    assert (built / "results/embedded/metrics.json").exists()
+    assert not tmp_leftovers(built)
+
+
+def test_after_snakemake_dvc_finds_nothing_to_redo(built):
+    r = sh(["dvc", "status"], built)
+    assert "Data and pipelines are up to date" in r.stdout, r.stdout
+    r = sh(["dvc", "repro"], built)
+    assert "Running stage" not in r.stdout, r.stdout
+
+
+def test_dvc_metrics_and_plots_work(built):
+    r = sh(["dvc", "metrics", "show"], built)
+    assert "mnist-embedded" in r.stdout or "gaussian" in r.stdout
+    sh(["dvc", "plots", "show", "-o", "plots_html"], built)
+    assert (built / "plots_html" / "index.html").exists()
+
+
+def test_snakemake_report_is_one_self_contained_html(built):
+    snakemake(built, "--report", "report.html")
+    html = (built / "report.html").read_text(errors="replace")
+    assert len(html) > 10_000 and "runs.csv" in html
+
+
+def test_a_param_edit_reruns_exactly_the_affected_jobs(built, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(built, root, symlinks=True)
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["sample"]["n_images"] = 10
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    jobs = set(planned_jobs(root))
+    assert {"sample", "fid", "aggregate", "figures"} <= jobs
+    assert not jobs & {"prepare_data", "train", "train_classifier", "ref_stats"}
+    changed = sh(["dvc", "status"], root).stdout
+    assert "sample-mnist-embedded-ddim-s2-uniform-eta0" in changed
+    assert "train-mnist-embedded:" not in changed
+
+
+def test_dvc_repro_then_snakemake_finds_nothing_even_after_checkout(tmp_path):
+    root = make_project(tmp_path / "proj")
+    sh(["dvc", "repro"], root)
+    assert (root / "results/embedded/tables/runs.csv").exists()
+    assert planned_jobs(root) == []
+    # dvc checkout rewrites files (new mtimes, arbitrary order): still nothing to redo.
+    victim = root / "build/embedded/data/mnist-embedded/images.npz"
+    victim.unlink()
+    sh(["dvc", "checkout", "--force"], root)
+    assert victim.exists()
+    for p in (root / "build").rglob("*"):
+        if p.is_file():
+            t = time.time() - random.uniform(0, 3600)
+            os.utime(p, (t, t))
+    assert planned_jobs(root) == []
+
+
+def test_killed_run_resumes_without_redoing_finished_jobs_or_leaving_partial_files(tmp_path):
+    root = make_project(tmp_path / "proj")
+    env = {**os.environ, "DDBENCH_QUIET": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(["snakemake", "--cores", "2"], cwd=root, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = lambda: list((root / "build/embedded/runs").rglob("record.json"))  # noqa: E731
+    deadline = time.time() + 300
+    while time.time() < deadline and len(records()) < 2:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in records()}
+    assert done, "the run was killed before any grid point finished"
+    snakemake(root)
+    assert (root / "results/embedded/tables/runs.csv").exists()
+    for p, mtime in done.items():
+        assert p.stat().st_mtime_ns == mtime, f"{p} was redone"
+    assert not tmp_leftovers(root)
