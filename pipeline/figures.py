@@ -1,0 +1,246 @@
+"""Seaborn figures from runs.csv, and sample mosaics from samples.npz; PNG and PDF.
+
+Per dataset and feature space (one facet per spacing when there are several):
+- `fid_vs_steps-<D>-<F>`: FID against sampling steps S, one line per sampler setting.
+- `fid_vs_nfe-<D>-<F>`: FID against counted model evaluations (NFE): the fair cost axis
+  (F-PNDM spends S + 9, S-PNDM S + 1).
+- `fid_vs_wall-<D>-<F>`: FID against wall-clock seconds per image on the run's device.
+Both axes are logarithmic (FID only when every value is positive).
+
+Per dataset with uint8 samples: `mosaic-<D>`, rows sampler settings, columns steps, each
+cell the first k images, i.e. the same seeds seed..seed+k-1 in every cell, so that a
+difference between cells is the sampler's, not the noise's. Float samples (the Gaussian
+data set) have no picture and get no mosaic.
+
+The curves read the tidy frame only (never the records); every file is written to a
+temporary path and renamed (pipeline.io.atomic_path).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display; must precede pyplot
+
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from pipeline.aggregate import SAMPLER_ORDER, series_key, series_label  # noqa: E402
+from pipeline.io import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+RUNS_COLUMNS = ("dataset", "features", "point", "sampler", "eta", "spacing", "steps", "nfe", "fid",
+                "wall_s", "n_images", "seed", "device_name")
+
+# figure name -> (x column, x label)
+CURVES = {
+    "fid_vs_steps": ("steps", "sampling steps S"),
+    "fid_vs_nfe": ("nfe", "model evaluations (NFE)"),
+    "fid_vs_wall": ("s_per_image", "wall-clock seconds per image"),
+}
+SAMPLE_KEYS = ("samples", "images")  # array names tried in samples.npz, then its only array
+MOSAIC_COLUMNS = 4  # images per row inside one mosaic cell
+
+
+def load_runs(runs_csv: Path) -> pd.DataFrame:
+    frame = pd.read_csv(runs_csv)
+    missing = [c for c in RUNS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{runs_csv}: missing column(s) {missing}; expected the runs.csv of `pipeline aggregate`")
+    return frame
+
+
+def _setting_order(frame: pd.DataFrame) -> list[str]:
+    keys = {series_key(s, e) for s, e in zip(frame["sampler"], frame["eta"])}
+    rank = {name: i for i, name in enumerate(SAMPLER_ORDER)}
+    ordered = sorted(keys, key=lambda k: (rank.get(k[0], len(rank)), k[0], -1 if k[1] is None else k[1]))
+    return [series_label(*k) for k in ordered]
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    """PNG and PDF beside each other; metadata without dates so reruns give the same bytes."""
+    out = []
+    for ext, kw in ((".png", {"dpi": 150, "metadata": {"Software": None}}),
+                    (".pdf", {"metadata": {"CreationDate": None, "Creator": None, "Producer": None}})):
+        path = stem.parent / f"{stem.name}{ext}"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight", **kw)
+        out.append(path)
+    return out
+
+
+def _n_text(n: pd.Series) -> str:
+    vals = sorted(set(int(v) for v in n))
+    return f"N = {vals[0]:,}" if len(vals) == 1 else f"N = {vals[0]:,}–{vals[-1]:,}"
+
+
+def _plain_log_ticks(axis, at=None) -> None:
+    """Log axis labelled 1, 2, 3, 5, 10, ... (or at the measured values `at`), not 10^k."""
+    if at is not None:
+        axis.set_major_locator(ticker.FixedLocator(sorted(set(float(v) for v in at))))
+    else:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
+    """One FID curve figure (CURVES[name]) of one dataset and feature space."""
+    x, xlabel = CURVES[name]
+    d = g.dropna(subset=["fid"]).copy()
+    if d.empty:
+        log.info("%s: no finite FID, no figure", stem.name)
+        return []
+    d["sampler setting"] = [series_label(s, e) for s, e in zip(d["sampler"], d["eta"])]
+    d["s_per_image"] = d["wall_s"] / d["n_images"]
+    order = _setting_order(d)
+    facet = "spacing" if d["spacing"].nunique() > 1 else None
+    grid = sns.relplot(
+        data=d, x=x, y="fid", hue="sampler setting", hue_order=order, style="sampler setting",
+        style_order=order, markers=True, dashes=False, kind="line", errorbar=None, col=facet,
+        height=3.4, aspect=1.35, palette="tab10" if len(order) <= 10 else "husl",
+    )
+    log_y = bool((d["fid"] > 0).all())
+    grid.set(xscale="log", yscale="log" if log_y else "linear")
+    for ax in grid.axes.flat:
+        _plain_log_ticks(ax.xaxis, d[x] if name == "fid_vs_steps" else None)
+        if log_y:
+            _plain_log_ticks(ax.yaxis)
+    grid.set_axis_labels(xlabel, "FID (log scale)" if log_y else "FID")
+    dataset, features = d["dataset"].iloc[0], d["features"].iloc[0]
+    title = f"{dataset}: FID ({features} features, {_n_text(d['n_images'])}) vs {xlabel}"
+    if facet:
+        grid.set_titles(col_template="{col_name} spacing")
+    else:
+        title += f", {d['spacing'].iloc[0]} spacing"
+    if name == "fid_vs_wall":
+        title += "\n" + "; ".join(sorted(set(d["device_name"].astype(str))))
+    grid.figure.suptitle(title, y=1.0, va="bottom", fontsize=10)
+    try:
+        return _save(grid.figure, stem)
+    finally:
+        plt.close(grid.figure)
+
+
+def read_first_images(npz_path: Path, k: int) -> np.ndarray:
+    """The first k images of a samples.npz ([k, C, H, W], stored dtype), reading only those bytes."""
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise FileNotFoundError(f"{npz_path}: samples not found; run the sample stage first")
+    with zipfile.ZipFile(npz_path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        key = next((n for n in SAMPLE_KEYS if n in names), names[0] if len(names) == 1 else None)
+        if key is None:
+            raise ValueError(f"{npz_path}: no array named {' or '.join(SAMPLE_KEYS)} among {names}")
+        with z.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:  # rare header versions: read it all
+                shape, fortran, dtype = None, True, None
+            if not fortran and dtype is not None and not dtype.hasobject:
+                count = min(k, shape[0])
+                item = int(np.prod(shape[1:], dtype=np.int64))
+                buf = f.read(count * item * dtype.itemsize)
+                return np.frombuffer(buf, dtype=dtype).reshape((count,) + tuple(shape[1:]))
+    with np.load(npz_path, allow_pickle=False) as z:
+        return np.ascontiguousarray(z[key][:k])
+
+
+def _tile(images: np.ndarray) -> np.ndarray:
+    """[k, C, H, W] uint8 -> one [rows*H, cols*W(, C)] picture, MOSAIC_COLUMNS images per row."""
+    k, c, h, w = images.shape
+    cols = min(k, MOSAIC_COLUMNS)
+    rows = math.ceil(k / cols)
+    canvas = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, cols)
+        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = img.transpose(1, 2, 0)
+    return canvas[..., 0] if c == 1 else canvas
+
+
+def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k: int, stem: Path) -> list[Path]:
+    """Rows sampler settings, columns steps; each cell the first k samples of that grid point."""
+    runs = frame[frame["dataset"] == dataset].drop_duplicates("point").set_index("point")
+    unknown = sorted(set(points) - set(runs.index))
+    if unknown:
+        raise ValueError(f"mosaic {dataset}: point(s) {unknown} are not in runs.csv")
+    images = {p: read_first_images(path, k) for p, path in points.items()}
+    not_uint8 = sorted(p for p, a in images.items() if a.dtype != np.uint8)
+    if not_uint8:
+        log.info("mosaic %s: samples are %s, not uint8 images; no mosaic", dataset, images[not_uint8[0]].dtype)
+        return []
+    bad = sorted(p for p, a in images.items() if a.ndim != 4 or a.shape[1] not in (1, 3))
+    if bad:
+        raise ValueError(f"mosaic {dataset}: samples of {bad} are not [N, C, H, W] with C 1 or 3")
+    seeds = sorted(set(int(runs.at[p, "seed"]) for p in points))
+    if len(seeds) != 1:
+        raise ValueError(f"mosaic {dataset}: grid points start from different seeds {seeds}; "
+                         f"a mosaic compares samplers on the same seeds")
+    sub = runs.loc[list(points)]
+    several = sub["spacing"].nunique() > 1
+    rank = {name: i for i, name in enumerate(SAMPLER_ORDER)}
+    label, sort_key = {}, {}
+    for p, r in sub.iterrows():
+        sampler, eta = series_key(r["sampler"], r["eta"])
+        label[p] = series_label(sampler, eta) + (f" ({r['spacing']})" if several else "")
+        sort_key[label[p]] = (rank.get(sampler, len(rank)), sampler, -1 if eta is None else eta, r["spacing"])
+    rows = sorted(sort_key, key=sort_key.get)
+    cols = sorted(set(int(s) for s in sub["steps"]))
+    cell = {(label[p], int(sub.at[p, "steps"])): images[p] for p in points}
+    first = next(iter(images.values()))
+    n_img = min(len(a) for a in images.values())
+    h, w = first.shape[2], first.shape[3]
+    per_row = min(n_img, MOSAIC_COLUMNS)
+    aspect = (math.ceil(n_img / per_row) * h) / (per_row * w)
+    cw = 0.45 * per_row
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(cw * len(cols) + 1.6, cw * aspect * len(rows) + 0.8),
+                             squeeze=False)
+    for i, r in enumerate(rows):
+        for j, s in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if (r, s) in cell:
+                ax.imshow(_tile(cell[(r, s)][:n_img]), cmap="gray" if first.shape[1] == 1 else None,
+                          vmin=0, vmax=255, interpolation="nearest")
+            if i == 0:
+                ax.set_title(f"S = {s}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(r, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{dataset}: the first {n_img} samples (seeds {seeds[0]}..{seeds[0] + n_img - 1}) "
+                 f"of each sampler and step count", fontsize=10)
+    try:
+        return _save(fig, stem)
+    finally:
+        plt.close(fig)
+
+
+def run(runs_csv: Path, mosaic_samples: dict[tuple[str, str], Path], out_dir: Path, *,
+        mosaic_seeds: int = 8) -> list[Path]:
+    """All figures into out_dir; `mosaic_samples` maps (dataset, point) -> samples.npz. Returns the files written."""
+    out_dir = Path(out_dir)
+    frame = load_runs(Path(runs_csv))
+    written: list[Path] = []
+    with sns.axes_style("whitegrid"):
+        for (dataset, features), g in frame.groupby(["dataset", "features"], sort=False):
+            for name in CURVES:
+                written += curve_figure(g, name, out_dir / f"{name}-{dataset}-{features}")
+    by_dataset: dict[str, dict[str, Path]] = {}
+    for (dataset, point), path in mosaic_samples.items():
+        by_dataset.setdefault(dataset, {})[point] = Path(path)
+    for dataset, points in by_dataset.items():
+        written += mosaic_figure(dataset, points, frame, mosaic_seeds, out_dir / f"mosaic-{dataset}")
+    return written

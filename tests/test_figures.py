@@ -1,0 +1,112 @@
+"""figures: FID curves from runs.csv and sample mosaics, as non-empty, valid PNG and PDF files."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline import figures
+from pipeline.config import GridPoint
+from pipeline.io import atomic_path
+
+PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
+STEPS = (10, 20, 50)
+SETTINGS = [("ddim", 0.0), ("ddim", 1.0), ("f-pndm", None)]
+N = 16
+
+
+def runs_frame() -> pd.DataFrame:
+    """runs.csv columns of `pipeline aggregate`: MNIST-like uint8 runs and a Gaussian with float samples."""
+    rows = []
+    for dataset, features in (("mnist", "classifier"), ("gaussian", "exact")):
+        for sampler, eta in SETTINGS:
+            for s in STEPS:
+                nfe = s + 9 if sampler == "f-pndm" else s
+                rows.append({
+                    "dataset": dataset, "features": features, "point": GridPoint(sampler, s, "uniform", eta).name,
+                    "sampler": sampler, "eta": eta, "spacing": "uniform", "steps": s, "nfe": nfe,
+                    "fid": 2.0 + 50.0 / s * (1 + (eta or 0)), "wall_s": 0.01 * nfe * N, "n_images": N,
+                    "seed": 0, "device_name": "CPU (test)",
+                })
+    return pd.DataFrame(rows)
+
+
+def write_samples(path, array):
+    """As the sample stage writes it: compressed, `samples` beside the `seeds` of each image."""
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, samples=array, seeds=np.arange(len(array), dtype=np.int64))
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fig")
+    frame = runs_frame()
+    frame.to_csv(root / "runs.csv", index=False)
+    rng = np.random.default_rng(0)
+    mosaic = {}
+    for r in frame.itertuples():
+        path = root / "runs" / r.dataset / r.point / "samples.npz"
+        if r.dataset == "gaussian":
+            arr = rng.normal(size=(N, 1, 4, 4)).astype(np.float32)
+        else:
+            arr = rng.integers(0, 256, size=(N, 1, 28, 28), dtype=np.uint8)
+        write_samples(path, arr)
+        mosaic[(r.dataset, r.point)] = path
+    out = root / "figures"
+    written = figures.run(root / "runs.csv", mosaic, out, mosaic_seeds=6)
+    return written, out, mosaic
+
+
+def test_curve_figures_for_each_dataset_and_feature_space(drawn):
+    written, out, _ = drawn
+    names = {p.name for p in written}
+    for kind in figures.CURVES:
+        for stem in (f"{kind}-mnist-classifier", f"{kind}-gaussian-exact"):
+            assert {f"{stem}.png", f"{stem}.pdf"} <= names
+
+
+def test_every_file_is_a_valid_nonempty_png_or_pdf(drawn):
+    written, out, _ = drawn
+    assert sorted(written) == sorted(p for p in out.iterdir()), "no temporary or stray files"
+    for p in written:
+        head = p.read_bytes()[:8]
+        if p.suffix == ".png":
+            assert head == PNG_MAGIC
+            with Image.open(p) as im:
+                im.verify()
+                assert im.size[0] > 100 and im.size[1] > 100
+        else:
+            assert p.suffix == ".pdf" and head.startswith(PDF_MAGIC) and p.stat().st_size > 1000
+
+
+def test_mosaic_only_for_uint8_samples(drawn):
+    written, out, _ = drawn
+    names = {p.name for p in written}
+    assert {"mosaic-mnist.png", "mosaic-mnist.pdf"} <= names
+    assert not any(n.startswith("mosaic-gaussian") for n in names), "float samples have no picture"
+
+
+def test_read_first_images_reads_the_first_k_seeds(drawn):
+    _, _, mosaic = drawn
+    path = mosaic[("mnist", "ddim-s10-uniform-eta0")]
+    with np.load(path) as z:
+        full = z["samples"]
+    first = figures.read_first_images(path, 5)
+    assert first.dtype == np.uint8 and first.shape == (5, 1, 28, 28)
+    np.testing.assert_array_equal(first, full[:5])
+
+
+def test_mosaic_refuses_points_from_different_seeds(tmp_path, drawn):
+    _, _, mosaic = drawn
+    frame = runs_frame()
+    frame.loc[frame.point == "ddim-s20-uniform-eta0", "seed"] = 7
+    points = {p: path for (d, p), path in mosaic.items() if d == "mnist"}
+    with pytest.raises(ValueError, match="different seeds"):
+        figures.mosaic_figure("mnist", points, frame, 4, tmp_path / "mosaic-mnist")
+
+
+def test_missing_runs_column_is_an_error(tmp_path):
+    runs_frame().drop(columns=["nfe"]).to_csv(tmp_path / "runs.csv", index=False)
+    with pytest.raises(ValueError, match="nfe"):
+        figures.run(tmp_path / "runs.csv", {}, tmp_path / "out")
