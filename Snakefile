@@ -72,6 +72,7 @@ rule train:
         cfg=params_of("train"),
     log:
         P["logs"] + "/train/{dataset}.log",
+    threads: workflow.cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
@@ -90,6 +91,7 @@ rule train_classifier:
         cfg=params_of("train-classifier"),
     log:
         P["logs"] + "/train-classifier/{dataset}.log",
+    threads: workflow.cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:

@@ -19,8 +19,9 @@ MODULES = {
     "train": ["pipeline/train.py", "pipeline/unet.py", "pipeline/data.py", "pipeline/schedules.py"],
     "train-classifier": ["pipeline/classifier.py", "pipeline/data.py"],
     "ref-stats": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/data.py"],
-    "sample": ["pipeline/sample.py", "pipeline/samplers", "pipeline/schedules.py", "pipeline/gaussian.py", "pipeline/unet.py", "pipeline/train.py"],
-    "fid": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/gaussian.py"],
+    "sample": ["pipeline/sample.py", "pipeline/samplers", "pipeline/schedules.py", "pipeline/gaussian.py",
+               "pipeline/unet.py", "pipeline/train.py", "pipeline/data.py"],
+    "fid": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/gaussian.py", "pipeline/data.py"],
     "aggregate": ["pipeline/aggregate.py", "pipeline/papers.py", "pipeline/reference"],
     "figures": ["pipeline/figures.py"],
 }

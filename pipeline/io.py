@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
@@ -106,11 +107,10 @@ def fingerprint(device: str | None = None) -> dict:
         "numpy": numpy.__version__,
         "cuda_available": torch.cuda.is_available(),
     }
+    # The installed version, without importing torch-fidelity (seconds of start-up per job).
     try:
-        import torch_fidelity
-
-        info["torch_fidelity"] = torch_fidelity.__version__
-    except ImportError:  # pragma: no cover - torch-fidelity is a hard dependency
+        info["torch_fidelity"] = importlib.metadata.version("torch-fidelity")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a hard dependency
         info["torch_fidelity"] = None
     if device is not None:
         info["device"] = str(device)

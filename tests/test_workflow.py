@@ -92,7 +92,8 @@ def built(tmp_path_factory):
 def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(tmp_path):
     root = make_project(tmp_path / "proj")
     r = snakemake(root, "-n", "-p", "--forceall")
-    snake_cmds = {" ".join(l.split()) for l in r.stdout.splitlines() if l.strip().startswith("python -m pipeline")}
+    lines = [l.strip().removeprefix("Shell command:").strip() for l in r.stdout.splitlines()]
+    snake_cmds = {" ".join(l.split()) for l in lines if l.startswith("python -m pipeline")}
     stages = dvc_cmds(root)
     assert snake_cmds == {" ".join(s["cmd"].split()) for s in stages.values()}
     snake_outs = set()
