@@ -1,0 +1,174 @@
+"""pipeline.train: the loss goes down, a killed run resumes to the same weights, checkpoints round-trip,
+corrupt checkpoints and bad configs fail clearly, and an imported diffusers UNet2DModel gives its own eps."""
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import ConfigError, DatasetConfig, DiffusionConfig, ModelConfig, TrainConfig
+from pipeline.data import prepare
+from pipeline.train import CheckpointError, batch_indices, load_checkpoint, save_checkpoint, train
+from pipeline.unet import build_unet, unet_config
+
+# A small U-Net on 8x8 grey images: same code paths as the presets (attention, dropout, resampling).
+MODEL = ModelConfig(preset="tiny", overrides={"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
+                                              "attn_resolutions": [4], "num_groups": 8, "dropout": 0.1})
+DIFFUSION = DiffusionConfig(T=100)
+CFG = TrainConfig(steps=8, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_every=3, log_every=2,
+                  ema_decay=0.9, device="cpu", seed=1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine two OpenMP threads
+    waiting on each other made steps up to 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """64 8x8 grey images: a bright square at one of four positions (easy structure to learn)."""
+    root = tmp_path_factory.mktemp("data")
+    x = np.zeros((64, 8, 8), dtype=np.uint8)
+    for i in range(64):
+        r, c = 4 * ((i // 2) % 2), 4 * (i % 2)
+        x[i, r:r + 4, c:c + 4] = 255
+    np.savez(root / "squares.npz", x_train=x, y_train=np.arange(64) % 4)
+    prepare(DatasetConfig(name="squares", source="npz", root=str(root / "squares.npz")), root / "prepared")
+    return root / "prepared"
+
+
+def read_tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_loss_decreases_and_outputs_are_written(data_dir, tmp_path):
+    cfg = replace(CFG, steps=60, log_every=10, checkpoint_every=60, lr=3e-3, warmup_steps=5)
+    side = train(cfg, MODEL, DIFFUSION, data_dir, tmp_path / "out", tmp_path / "resume")
+    rows = (tmp_path / "out" / "loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,lr,images_per_s,wall_s" and len(rows) == 1 + 6
+    losses = [float(r.split(",")[1]) for r in rows[1:]]
+    assert losses[-1] < 0.6 * losses[0]  # starts near E||eps||^2 = 1 (near-zero last layers)
+    assert (tmp_path / "out" / "loss.png").stat().st_size > 1000
+    assert side["kind"] == "ddbench-unet" and side["step"] == 60 and side["ema_decay"] == cfg.ema_decay
+    assert side["unet"]["in_channels"] == 1 and side["unet"]["image_size"] == 8
+    assert len(side["data_manifest_sha256"]) == 64 and side["device"] == "cpu"
+
+
+def test_batches_walk_through_a_permutation_each_epoch():
+    n, b = 20, 8  # 5 steps = 2 epochs exactly
+    idx = torch.cat([batch_indices(0, k, b, n) for k in range(5)])
+    assert sorted(idx[:20].tolist()) == list(range(20)) and sorted(idx[20:].tolist()) == list(range(20))
+    assert torch.equal(batch_indices(0, 3, b, n), batch_indices(0, 3, b, n))
+    assert not torch.equal(batch_indices(0, 3, b, n), batch_indices(1, 3, b, n))
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_path):
+    full = train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "full", tmp_path / "full-resume")
+
+    def kill_at_5(step, loss):  # after the checkpoint at step 3, before the one at 6
+        if step == 5:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "run", tmp_path / "run-resume", callback=kill_at_5)
+    assert not (tmp_path / "run" / "unet.safetensors").exists()
+    resumed = train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "run", tmp_path / "run-resume")
+
+    assert resumed["resumed_from"] == [3] and full["resumed_from"] == []
+    a, b = read_tensors(tmp_path / "full" / "unet.safetensors"), read_tensors(tmp_path / "run" / "unet.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit (CPU)
+    sa = read_tensors(next((tmp_path / "full-resume").glob("state-*.safetensors")))
+    sb = read_tensors(next((tmp_path / "run-resume").glob("state-*.safetensors")))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)  # raw weights and AdamW moments
+    col = lambda p: [r.split(",")[1] for r in (p / "loss.csv").read_text().splitlines()]  # noqa: E731
+    assert col(tmp_path / "full") == col(tmp_path / "run")
+
+    # a finished state is not retrained; a different setup is refused
+    again = train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "run", tmp_path / "run-resume")
+    assert again["resumed_from"] == [3, 8]
+    with pytest.raises(ConfigError, match=r"different setup.*lr"):
+        train(replace(CFG, lr=1e-3), MODEL, DIFFUSION, data_dir, tmp_path / "run", tmp_path / "run-resume")
+
+
+def test_checkpoint_round_trip_gives_the_same_eps(tmp_path):
+    ucfg = unet_config("tiny", MODEL.overrides, in_channels=1, image_size=8)
+    model = build_unet(ucfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    side = save_checkpoint(model, tmp_path / "unet.safetensors", {"kind": "ddbench-unet", "unet": ucfg.to_dict()})
+    loaded, side2 = load_checkpoint(tmp_path / "unet.safetensors", "cpu")
+    assert side2 == side and not loaded.training
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t), model(x, t))
+    assert load_checkpoint(tmp_path, "cpu")[1] == side  # the folder works too
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    ucfg = unet_config("tiny", MODEL.overrides, in_channels=1, image_size=8)
+    path = tmp_path / "unet.safetensors"
+    save_checkpoint(build_unet(ucfg), path, {"kind": "ddbench-unet", "unet": ucfg.to_dict()})
+    blob = bytearray(path.read_bytes())
+    blob[-5] ^= 0xFF  # one flipped bit in the weights
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="weights_sha256"):
+        load_checkpoint(path, "cpu")
+    path.write_bytes(b"garbage, not safetensors")
+    side = path.with_suffix(".json")
+    side.write_text(side.read_text().replace('"weights_sha256"', '"old_sha256"'))
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_checkpoint(path, "cpu")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nothing.safetensors", "cpu")
+
+
+@pytest.mark.parametrize("cfg,model,match", [
+    (replace(CFG, lr=0.0), MODEL, "train.lr"),
+    (replace(CFG, batch_size=0), MODEL, "train.batch_size"),
+    (CFG, ModelConfig(preset="huge"), "model.preset"),
+    (CFG, replace(MODEL, overrides={**MODEL.overrides, "in_channels": 3}), "model.overrides.in_channels"),
+])
+def test_bad_config_fails_before_training(data_dir, tmp_path, cfg, model, match):
+    with pytest.raises(ConfigError, match=match):
+        train(cfg, model, DIFFUSION, data_dir, tmp_path / "out", tmp_path / "resume")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "resume").exists()
+
+
+def test_imported_diffusers_unet_gives_the_diffusers_eps(data_dir, tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4, attention_head_dim=8,
+    ).eval()
+    unet.save_pretrained(tmp_path / "hf")
+    side = train(CFG, ModelConfig(pretrained=str(tmp_path / "hf")), DIFFUSION, data_dir, tmp_path / "out",
+                 tmp_path / "resume")
+    assert side["kind"] == "diffusers" and side["diffusers_config"]["block_out_channels"] == [8, 16]
+    assert (tmp_path / "out" / "loss.csv").read_text().strip() == "step,loss,lr,images_per_s,wall_s"
+
+    model, _ = load_checkpoint(tmp_path / "out" / "unet.safetensors", "cpu")
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([1, 40, 99])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), unet(x, t).sample)
+
+    with pytest.raises(ConfigError, match="in_channels"):  # 1-channel model, 3-channel data
+        rgb = tmp_path / "rgb.npz"
+        np.savez(rgb, x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.zeros(4, np.int64))
+        prepare(DatasetConfig(name="rgb", source="npz", root=str(rgb)), tmp_path / "rgb")
+        train(CFG, ModelConfig(pretrained=str(tmp_path / "hf")), DIFFUSION, tmp_path / "rgb", tmp_path / "o2",
+              tmp_path / "r2")
