@@ -19,7 +19,11 @@ CFG = ddconfig.load("params.yaml", preset=config.get("preset"))
 P = dag.paths(CFG)
 PRE = f"python -m pipeline --preset {CFG.preset}"
 JOBS = dag.jobs(CFG)
-IMAGE_SETS = [d for d, r in CFG.runs.items() if not r.dataset.is_gaussian]
+
+# After `dvc repro` / `dvc checkout` / `dvc pull`, outputs DVC vouches for get file times
+# in DAG order, so the two engines never redo each other's finished work.
+if workflow.is_main_process and not workflow.touch:
+    dag.reconcile_with_dvc(CFG, JOBS)
 
 
 def params_of(stage):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io as _bytesio
 import math
+import os
 import resource
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pipeline import io, samplers
 from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
@@ -235,7 +237,9 @@ def run(
     # ---- timed sampling, batch by batch
     outputs, wall, nfe_per_batch = [], 0.0, []
     with torch.inference_mode():
-        for start in range(0, n, cfg.batch_size):
+        starts = range(0, n, cfg.batch_size)
+        quiet = os.environ.get("DDBENCH_QUIET") == "1" or len(starts) == 1
+        for start in tqdm(starts, desc=where, unit="batch", disable=quiet, leave=False):
             seeds = range(cfg.seed + start, cfg.seed + min(start + cfg.batch_size, n))
             x_T, gens = initial_noise(seeds, shape, device)
             counted.calls = 0

@@ -245,6 +245,8 @@ def fit(state: TrainState, data: torch.Tensor, alpha_bar: torch.Tensor, cfg: Tra
                 state.log.append([state.step, mean, lr_at(state.step - 1, cfg), ips, state.wall_s])
                 state.window = [0.0, 0]
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
+                if bar.disable and progress and os.environ.get("DDBENCH_QUIET") != "1":  # logs get plain lines
+                    print(f"train: step {state.step}/{stop} loss {mean:.4f} {ips:.0f} img/s", flush=True)
                 t_log, n_log = now, 0
             if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
                 state.wall_s = wall0 + time.perf_counter() - t_run
