@@ -14,3 +14,15 @@ def repo_root():
     from pathlib import Path
 
     return Path(REPO)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Test tensors are tiny: one thread is fastest, and on a busy 2-core machine two OpenMP
+    threads waiting on each other made steps up to 10x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,14 +20,6 @@ CFG = TrainConfig(steps=8, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_eve
                   ema_decay=0.9, device="cpu", seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine two OpenMP threads
-    waiting on each other made steps up to 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

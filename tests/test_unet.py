@@ -11,14 +11,6 @@ from pipeline.unet import PRESETS, AttnBlock, build_unet, count_parameters, time
 SMALL = dict(ch=16, num_groups=8, dropout=0.0)  # same topology as a preset, few channels: fast on CPU
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tensors are tiny: one thread is fastest, and on a busy 2-core machine two OpenMP threads
-    waiting on each other made steps up to 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def randomize_(model: nn.Module) -> nn.Module:
