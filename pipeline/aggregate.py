@@ -29,6 +29,8 @@ Claim verdicts (see `evaluate_claims`):
 """
 from __future__ import annotations
 
+from pipeline.errors import RecordError
+
 import json
 import math
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from typing import Callable, Optional, Sequence
 import pandas as pd
 
 from pipeline import papers
-from pipeline.io import atomic_path, read_json, write_text
+from pipeline.files import atomic_path, read_json, write_text
 
 # A pair whose KID means differ by less than this many combined KID standard deviations
 # is a tie. KID std is the spread over torch-fidelity's subsets: a conservative noise scale.
@@ -70,9 +72,6 @@ CLAIM_COLUMNS = [
     "wins", "ties", "losses", "not_compared", "n_images", "pairs", "published",
 ]
 
-
-class RecordError(ValueError):
-    """A run record is missing, unreadable, lacks a required field or contradicts another."""
 
 
 # --- records -> tidy frame ----------------------------------------------------------------

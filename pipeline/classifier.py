@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from pipeline import io
+from pipeline import files, provenance
 from pipeline.config import ClassifierConfig
 
 EXTRACTOR_NAME = "ddbench-classifier"  # the name torch-fidelity knows the extractor by
@@ -91,7 +91,7 @@ def load_classifier(path: str | Path, device: str = "cpu") -> tuple[SmallCNN, di
         raise FileNotFoundError(f"classifier: weights file {path} does not exist; run the train-classifier stage first")
     if not side.is_file():
         raise FileNotFoundError(f"classifier: sidecar {side} (architecture, accuracy) is missing beside {path}")
-    sidecar = io.read_json(side)
+    sidecar = files.read_json(side)
     if sidecar.get("kind") != SIDECAR_KIND:
         raise ValueError(f"classifier: {side} is not a ddbench classifier sidecar (kind={sidecar.get('kind')!r})")
     model = build(sidecar["arch"])
@@ -199,14 +199,14 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_path: str 
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"classifier: output {out_path} must end in .safetensors")
-    device = io.resolve_device(cfg.device)
+    device = provenance.resolve_device(cfg.device)
     prepared = data.load_prepared(data_dir)
     images, labels = _check_data(prepared, data_dir)
 
     model, stats = train_on_tensors(cfg, images, labels, device, progress=_progress())
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with io.atomic_path(out_path) as tmp:
+    with files.atomic_path(out_path) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "kind": SIDECAR_KIND})
     record = {
         "kind": SIDECAR_KIND,
@@ -214,12 +214,12 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_path: str 
         "config": {k: getattr(cfg, k) for k in ("steps", "batch_size", "lr", "feature_dim", "seed")},
         "feature_layer": FEATURE_LAYER,
         "heldout_rule": f"last 10% (max {HELDOUT_MAX}) of a permutation of the training split drawn with seed",
-        "data_manifest_sha256": io.sha256_file(Path(data_dir) / "manifest.json"),
-        "weights_sha256": io.sha256_file(out_path),
+        "data_manifest_sha256": files.sha256_file(Path(data_dir) / "manifest.json"),
+        "weights_sha256": files.sha256_file(out_path),
         "device": device,
-        "fingerprint": io.fingerprint(device),
+        "fingerprint": provenance.fingerprint(device),
     }
-    io.write_json(sidecar_path(out_path), record)
+    files.write_json(sidecar_path(out_path), record)
     return record
 
 

@@ -138,7 +138,7 @@ def _records(cfg: Config) -> tuple[list, list]:
 
 
 def cmd_aggregate(cfg: Config, a) -> None:
-    from pipeline import aggregate, dag, io
+    from pipeline import aggregate, dag, files
 
     sample_recs, fid_recs = _records(cfg)
     missing = [str(p) for p in sample_recs + fid_recs if not p.exists()]
@@ -147,16 +147,16 @@ def cmd_aggregate(cfg: Config, a) -> None:
     out = Path(a.out)
     frame = aggregate.run(sample_recs, fid_recs, out / "tables", preset=cfg.preset)
     # Every record, verbatim, in one git-tracked file: the provenance of each number.
-    lines = [json.dumps({"kind": "sample", **io.read_json(p)}, sort_keys=True) for p in sample_recs]
-    lines += [json.dumps({"kind": "fid", **io.read_json(p)}, sort_keys=True) for p in fid_recs]
-    io.write_text(dag.paths(cfg)["records"], "\n".join(lines) + "\n")
+    lines = [json.dumps({"kind": "sample", **files.read_json(p)}, sort_keys=True) for p in sample_recs]
+    lines += [json.dumps({"kind": "fid", **files.read_json(p)}, sort_keys=True) for p in fid_recs]
+    files.write_text(dag.paths(cfg)["records"], "\n".join(lines) + "\n")
     # `dvc metrics show/diff`: FID per dataset / feature space / point.
     metrics: dict = {}
     for row in frame.to_dict("records"):
         metrics.setdefault(row["dataset"], {}).setdefault(row["features"], {})[row["point"]] = {
             k: row.get(k) for k in ("fid", "kid_mean", "nfe", "images_per_s")
         }
-    io.write_json(dag.paths(cfg)["metrics"], metrics)
+    files.write_json(dag.paths(cfg)["metrics"], metrics)
     print(f"aggregate: {len(frame)} rows -> {out}")
 
 
@@ -186,22 +186,22 @@ def cmd_validate(cfg: Config, a) -> None:
 
 
 def cmd_dvc_yaml(cfg: Config, a) -> None:
-    from pipeline import dag, io
+    from pipeline import dag, files
 
-    io.write_text(a.out, dag.render_dvc_yaml(cfg))
+    files.write_text(a.out, dag.render_dvc_yaml(cfg))
     print(f"dvc-yaml: {len(dag.jobs(cfg))} stages (preset {cfg.preset}) -> {a.out}")
 
 
 def cmd_preset(cfg: Config, a, params_path: Path) -> None:
     """Switch both engines: set `preset:` in params.yaml (comments kept) and regenerate dvc.yaml."""
-    from pipeline import config, dag, io
+    from pipeline import config, dag, files
 
     text = params_path.read_text()
     if not re.search(r"^preset:.*$", text, flags=re.M):
         raise ConfigError(f"{params_path}: no top-level `preset:` line to switch")
     new_cfg = config.load(params_path, preset=a.name)  # validate before touching anything
-    io.write_text(params_path, re.sub(r"^preset:[ \t]*[^\s#]*", f"preset: {a.name}", text, count=1, flags=re.M))
-    io.write_text(params_path.parent / "dvc.yaml", dag.render_dvc_yaml(new_cfg))
+    files.write_text(params_path, re.sub(r"^preset:[ \t]*[^\s#]*", f"preset: {a.name}", text, count=1, flags=re.M))
+    files.write_text(params_path.parent / "dvc.yaml", dag.render_dvc_yaml(new_cfg))
     print(f"preset: {a.name} ({len(dag.jobs(new_cfg))} jobs); params.yaml and dvc.yaml updated")
 
 

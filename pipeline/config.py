@@ -5,12 +5,11 @@ semantic checks) and never seen again: every stage receives the dataclasses belo
 """
 from __future__ import annotations
 
+from pipeline.errors import ConfigError
+
 from dataclasses import dataclass, field
 from typing import Optional
 
-
-class ConfigError(ValueError):
-    """A bad configuration value: the message names the key, the value and what is allowed."""
 
 
 @dataclass(frozen=True)

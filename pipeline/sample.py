@@ -24,7 +24,9 @@ float32 [N, *shape] for the gaussian; key `seeds`), `grid.png`, `record.json`.
 """
 from __future__ import annotations
 
-import io as _bytesio
+from pipeline.errors import SampleError
+
+import io
 import math
 import os
 import resource
@@ -38,16 +40,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import io, samplers
+from pipeline import files, provenance, samplers
 from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
 from pipeline.samplers import NonFiniteError
 from pipeline.schedules import SPACINGS
 
 WARMUP_EVALS = 2
 
-
-class SampleError(ValueError):
-    """Bad input to the sample stage; the message names the key, the value and what is allowed."""
 
 
 class CountingEps:
@@ -147,7 +146,7 @@ def _load_model(model_path, device: str, diffusion: DiffusionConfig, shape: tupl
     if c is not None and (int(c), int(size), int(size)) != tuple(shape):
         raise SampleError(f"--model: {path} makes [{c}, {size}, {size}] images, the data in --data are {list(shape)}")
     eps_fn = model_eps_fn(model, device, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    return eps_fn, io.sha256_file(path), {"model": str(path), "model_kind": sidecar.get("kind")}
+    return eps_fn, files.sha256_file(path), {"model": str(path), "model_kind": sidecar.get("kind")}
 
 
 def _grid_png_images(images_u8: torch.Tensor) -> bytes:
@@ -157,7 +156,7 @@ def _grid_png_images(images_u8: torch.Tensor) -> bytes:
 
     nrow = max(1, math.ceil(math.sqrt(len(images_u8))))
     grid = make_grid(images_u8, nrow=nrow, padding=2, pad_value=255)  # uint8 [3, H', W']
-    buf = _bytesio.BytesIO()
+    buf = io.BytesIO()
     Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buf, format="PNG")
     return buf.getvalue()
 
@@ -179,7 +178,7 @@ def _grid_png_gaussian(samples: torch.Tensor, mu: float, s: float, title: str) -
     ax.set_xlabel("coordinate value")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = _bytesio.BytesIO()
+    buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
@@ -201,7 +200,7 @@ def run(
     eta = _check_point(point, diffusion)
     n = cfg.n_for(point.steps)
     _check_cfg(cfg, n)
-    device = io.resolve_device(cfg.device)
+    device = provenance.resolve_device(cfg.device)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     prepared = data.load_prepared(data_dir, verify=False)
     manifest = prepared.manifest
@@ -271,9 +270,9 @@ def run(
     else:
         samples = data.to_uint8(x)
         grid = _grid_png_images(samples[: cfg.grid_images])
-    buf = _bytesio.BytesIO()
+    buf = io.BytesIO()
     np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
-    fp = io.fingerprint(device)
+    fp = provenance.fingerprint(device)
     record = {
         "dataset": dataset,
         "point": point.name,
@@ -302,12 +301,12 @@ def run(
         "diffusion": asdict(diffusion),
         "checkpoint_sha256": checkpoint_sha,
         **model_info,
-        "data_manifest_sha256": io.sha256_file(data_dir / "manifest.json"),
+        "data_manifest_sha256": files.sha256_file(data_dir / "manifest.json"),
         "samples_dtype": str(samples.dtype).replace("torch.", ""),
         "grid_images": min(cfg.grid_images, n),
         "fingerprint": fp,
     }
-    io.write_bytes(out_dir / "samples.npz", buf.getvalue())
-    io.write_bytes(out_dir / "grid.png", grid)
-    io.write_json(out_dir / "record.json", record)
+    files.write_bytes(out_dir / "samples.npz", buf.getvalue())
+    files.write_bytes(out_dir / "grid.png", grid)
+    files.write_json(out_dir / "record.json", record)
     return record

@@ -28,9 +28,11 @@ same `model(x, t) -> eps` call.
 """
 from __future__ import annotations
 
+from pipeline.errors import CheckpointError
+
 import copy
 import csv
-import io as _io
+import io
 import os
 import sys
 import time
@@ -44,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import io
+from pipeline import files, provenance
 from pipeline.config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from pipeline.data import PreparedData, load_prepared, to_model
 from pipeline.unet import UNetConfig, build_unet, count_parameters, unet_config
@@ -56,9 +58,6 @@ EMA_RULE = "decay_k = min(ema_decay, (1 + k) / (10 + k)) at update k (k = 0, 1, 
 # Training-config keys a resumed run must share with the run that wrote the state.
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint or resume state that is missing, corrupt or inconsistent; the message says how to fix it."""
 
 
 # ---------------------------------------------------------------------------- validation
@@ -295,10 +294,10 @@ def save_state(state: TrainState, resume_dir: Path, identity: dict) -> Path:
     resume_dir = Path(resume_dir)
     tensors, record = _state_tensors(state)
     weights = resume_dir / f"state-{state.step:09d}.safetensors"
-    with io.atomic_path(weights) as tmp:
+    with files.atomic_path(weights) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "kind": "ddbench-train-state"})
-    record.update(identity=identity, tensors=weights.name, tensors_sha256=io.sha256_file(weights))
-    io.write_json(resume_dir / STATE_JSON, record)
+    record.update(identity=identity, tensors=weights.name, tensors_sha256=files.sha256_file(weights))
+    files.write_json(resume_dir / STATE_JSON, record)
     for old in resume_dir.glob("state-*.safetensors"):  # superseded states
         if old.name != weights.name:
             old.unlink(missing_ok=True)
@@ -316,7 +315,7 @@ def load_state(state: TrainState, resume_dir: Path, identity: dict) -> bool:
     if not path.is_file():
         return False
     try:
-        record = io.read_json(path)
+        record = files.read_json(path)
         weights = resume_dir / record["tensors"]
     except (ValueError, KeyError, OSError) as e:
         raise CheckpointError(f"resume state {path} is unreadable ({e}); {fix}") from e
@@ -326,7 +325,7 @@ def load_state(state: TrainState, resume_dir: Path, identity: dict) -> bool:
         lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items())
         raise ConfigError(f"resume state in {resume_dir} was made with a different setup ({lines}); "
                           f"restore the config or {fix}")
-    if not weights.is_file() or io.sha256_file(weights) != record.get("tensors_sha256"):
+    if not weights.is_file() or files.sha256_file(weights) != record.get("tensors_sha256"):
         raise CheckpointError(f"resume state {weights} is missing or does not match its checksum in {path}; {fix}")
     try:
         tensors = load_file(str(weights))
@@ -366,10 +365,10 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, sidecar: dict) ->
 
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with io.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "kind": sidecar["kind"]})
-    sidecar = {**sidecar, "weights_sha256": io.sha256_file(path), "weights_file": path.name}
-    io.write_json(path.with_suffix(".json"), sidecar)
+    sidecar = {**sidecar, "weights_sha256": files.sha256_file(path), "weights_file": path.name}
+    files.write_json(path.with_suffix(".json"), sidecar)
     return sidecar
 
 
@@ -401,11 +400,11 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
     if missing:
         raise CheckpointError(f"checkpoint files not found: {missing}; {fix}")
     try:
-        sidecar = io.read_json(sidecar_path)
+        sidecar = files.read_json(sidecar_path)
     except ValueError as e:
         raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON ({e}); {fix}") from e
     expected = sidecar.get("weights_sha256")
-    if expected is not None and io.sha256_file(path) != expected:
+    if expected is not None and files.sha256_file(path) != expected:
         raise CheckpointError(f"checkpoint {path} does not match the weights_sha256 in {sidecar_path} "
                               f"(corrupt or from another run); {fix}")
     try:
@@ -472,12 +471,12 @@ def import_pretrained(source: str) -> nn.Module:
 
 def write_loss_outputs(out_dir: Path, log: list, title: str) -> None:
     """loss.csv (one row per log window) and loss.png (the curve), both atomic."""
-    buf = _io.StringIO()
+    buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["step", "loss", "lr", "images_per_s", "wall_s"])
     for step, loss, lr, ips, wall in log:
         w.writerow([step, f"{loss:.6g}", f"{lr:.6g}", f"{ips:.4g}", f"{wall:.4g}"])
-    io.write_text(out_dir / "loss.csv", buf.getvalue())
+    files.write_text(out_dir / "loss.csv", buf.getvalue())
 
     from matplotlib.figure import Figure
 
@@ -493,7 +492,7 @@ def write_loss_outputs(out_dir: Path, log: list, title: str) -> None:
     ax.set_ylabel("simple loss  ||eps - eps_theta||^2")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    with io.atomic_path(out_dir / "loss.png") as tmp:
+    with files.atomic_path(out_dir / "loss.png") as tmp:
         fig.savefig(tmp, dpi=120)
 
 
@@ -520,7 +519,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
     common = {
         "dataset": data.manifest.get("dataset"),
         "diffusion": asdict(diffusion),
-        "data_manifest_sha256": io.sha256_file(data_dir / "manifest.json"),
+        "data_manifest_sha256": files.sha256_file(data_dir / "manifest.json"),
         "data_sha256": data.manifest.get("sha256"),
         "in_channels": int(shape[0]),
         "image_size": int(shape[-1]),
@@ -529,7 +528,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
         return _import_and_save(model_cfg, shape, common, out_dir)
 
     ucfg = model_config_for(model_cfg, shape)
-    device = io.resolve_device(cfg.device)
+    device = provenance.resolve_device(cfg.device)
     alpha_bar = torch.as_tensor(diffusion.noise_schedule().alpha_bar, dtype=torch.float64).cpu()
     identity = {**{k: getattr(cfg, k) for k in RESUME_KEYS}, "unet": ucfg.to_dict(),
                 "diffusion": asdict(diffusion), "data_sha256": data.manifest.get("sha256")}
@@ -548,7 +547,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
     if not (resume_dir / STATE_JSON).is_file():  # steps == 0: still leave a resumable state
         save_state(state, resume_dir, identity)
 
-    fp = io.fingerprint(device)
+    fp = provenance.fingerprint(device)
     sidecar = {
         "kind": KIND_UNET,
         "unet": ucfg.to_dict(),
@@ -604,7 +603,7 @@ def _import_and_save(model_cfg: ModelConfig, shape: tuple, common: dict, out_dir
         "wall_s": 0.0,
         "device": "cpu",
         "versions": {**_versions(), "diffusers": diffusers.__version__},
-        "fingerprint": io.fingerprint("cpu"),
+        "fingerprint": provenance.fingerprint("cpu"),
     }
     sidecar = save_checkpoint(unet, out_dir / "unet.safetensors", sidecar)
     write_loss_outputs(out_dir, [], f"{common['dataset']}: imported {model_cfg.pretrained}")

@@ -19,7 +19,7 @@ import pytest
 
 from pipeline import aggregate, papers
 from pipeline.config import GridPoint
-from pipeline.io import read_json, write_json
+from pipeline.files import read_json, write_json
 
 STEPS = (10, 20, 50, 100, 250, 1000)
 N = 64

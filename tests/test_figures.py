@@ -8,7 +8,7 @@ from PIL import Image
 
 from pipeline import figures
 from pipeline.config import GridPoint
-from pipeline.io import atomic_path
+from pipeline.files import atomic_path
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 STEPS = (10, 20, 50)

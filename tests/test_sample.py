@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import data, fid, io, sample, samplers, schedules, train
+from pipeline import data, fid, files, sample, samplers, schedules, train
 from pipeline.config import DatasetConfig, DiffusionConfig, FIDConfig, GridPoint, SampleConfig
 from pipeline.unet import UNetConfig, build_unet
 
@@ -72,8 +72,8 @@ def test_record_fields_and_counted_nfe_for_every_sampler(gauss_dir, tmp_path):
         assert rec["wall_s"] > 0 and rec["images_per_s"] == pytest.approx(6 / rec["wall_s"])
         assert rec["s_per_nfe"] == pytest.approx(rec["wall_s"] / rec["nfe"])
         assert rec["peak_mem_kind"] == "cpu_ru_maxrss_process" and rec["peak_mem_bytes"] > 0
-        assert rec["checkpoint_sha256"] is None and rec["data_manifest_sha256"] == io.sha256_file(gauss_dir / "manifest.json")
-        assert io.read_json(out / "record.json") == json_roundtrip(rec)
+        assert rec["checkpoint_sha256"] is None and rec["data_manifest_sha256"] == files.sha256_file(gauss_dir / "manifest.json")
+        assert files.read_json(out / "record.json") == json_roundtrip(rec)
         assert load_samples(out).dtype == np.float32 and load_samples(out).shape == (6, 1, 4, 4)
         assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # ddim without an eta runs its deterministic default and records it as 0.0
@@ -112,7 +112,7 @@ def test_unet_checkpoint_path(mnist_dir, tmp_path):
                      "mnist-embedded")
     x = load_samples(out)
     assert x.dtype == np.uint8 and x.shape == (3, 1, 28, 28)
-    assert rec["checkpoint_sha256"] == io.sha256_file(ckpt) and rec["nfe"] == 2 and rec["grid_images"] == 3
+    assert rec["checkpoint_sha256"] == files.sha256_file(ckpt) and rec["nfe"] == 2 and rec["grid_images"] == 3
     # the same images one at a time (conv kernels may differ in the last float bits across batch sizes)
     sample.run(cfg(n_images=3, batch_size=1), GridPoint("ddim", 2, eta=0.0), DIFF, mnist_dir, ckpt,
                tmp_path / "run1", "mnist-embedded")

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import classifier, fid, io
+from pipeline import classifier, fid, files, provenance
 from pipeline.config import FIDConfig
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
@@ -51,7 +51,7 @@ def _untrained_classifier(folder: Path, shape: tuple, feature_dim: int = 128) ->
     net = classifier.build(arch)
     path = folder / "classifier.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
-    io.write_json(classifier.sidecar_path(path), {"kind": classifier.SIDECAR_KIND, "arch": arch, "untrained": True})
+    files.write_json(classifier.sidecar_path(path), {"kind": classifier.SIDECAR_KIND, "arch": arch, "untrained": True})
     return path
 
 
@@ -112,13 +112,13 @@ def main(argv=None) -> int:
     p.add_argument("--classifier", default=None, help="classifier .safetensors (default: an untrained one)")
     p.add_argument("--device", default="auto")
     a = p.parse_args(argv)
-    device = io.resolve_device(a.device)
+    device = provenance.resolve_device(a.device)
     shape = tuple(int(v) for v in a.image_shape.split(","))
     spaces = [f.strip() for f in a.features.split(",") if f.strip()]
     for f in spaces:
         if f not in fid.FEATURE_SPACES:
             p.error(f"--features: unknown {f!r}; known: {', '.join(fid.FEATURE_SPACES)}")
-    fp = io.fingerprint(device)
+    fp = provenance.fingerprint(device)
     print(f"FID feature extraction on {fp['device_name']} (device {device}), torch {fp['torch']}, "
           f"torch-fidelity {fp['torch_fidelity']}, {torch.get_num_threads()} threads, batch {a.batch_size}, "
           f"load average {os.getloadavg()[0]:.2f} (other processes slow CPU numbers down)")

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import io
+from pipeline import files, provenance
 from pipeline.unet import PRESETS, build_unet, count_parameters, unet_config
 
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in presets if s not in PRESETS]
     if unknown:
         p.error(f"--presets: unknown {unknown}; known: {list(PRESETS)}")
-    device = io.resolve_device(a.device)
+    device = provenance.resolve_device(a.device)
     cuda = device.startswith("cuda")
     batch = a.batch or (128 if cuda else 16)
     iters = a.iters or (20 if cuda else 5)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for preset in presets:
         for bf16 in ((False, True) if cuda else (False,)):
             rows.append(time_fwd_bwd(preset, batch, iters, warmup, device, bf16))
-    fp = io.fingerprint(device)
+    fp = provenance.fingerprint(device)
     print(f"U-Net forward+backward throughput on {fp['device_name']}, torch {fp['torch']}, "
           f"{torch.get_num_threads()} CPU threads, {iters} timed iterations after {warmup} warm-up")
     print(pd.DataFrame(rows).to_markdown(index=False))

@@ -14,6 +14,8 @@ like x per such step, in step order. `generator` may be
 """
 from __future__ import annotations
 
+from pipeline.errors import NonFiniteError
+
 import math
 from typing import Callable, Optional, Sequence, Union
 
@@ -24,9 +26,6 @@ from pipeline.schedules import NoiseSchedule
 Generator = Union[None, torch.Generator, Sequence[torch.Generator]]
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-
-class NonFiniteError(ValueError):
-    """A NaN or inf appeared in the sampler state; the message names the sampler and the step."""
 
 
 def path(schedule: NoiseSchedule, timesteps: torch.Tensor) -> tuple[list[int], list[float]]:

@@ -1,4 +1,4 @@
-"""Atomic file output, JSON records and the hardware/version fingerprint.
+"""Atomic file output, JSON records and file hashes.
 
 Every stage writes through these helpers, so an interrupted job never leaves a
 half-written output behind: data goes to a temporary file in the target folder,
@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -90,48 +87,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def fingerprint(device: str | None = None) -> dict:
-    """Hardware and software versions, stored beside every number."""
-    import numpy
-    import torch
-
-    info = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "cuda_available": torch.cuda.is_available(),
-    }
-    # The installed version, without importing torch-fidelity (seconds of start-up per job).
-    try:
-        info["torch_fidelity"] = importlib.metadata.version("torch-fidelity")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - a hard dependency
-        info["torch_fidelity"] = None
-    if device is not None:
-        info["device"] = str(device)
-        if str(device).startswith("cuda") and torch.cuda.is_available():
-            info["device_name"] = torch.cuda.get_device_name(torch.device(device))
-            info["cuda"] = torch.version.cuda
-        else:
-            info["device_name"] = f"CPU ({info['cpu']}, {info['cpu_count']} cores)"
-    return info
-
-
-def resolve_device(device: str) -> str:
-    """`auto` means CUDA when present, else CPU."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
-    return device
