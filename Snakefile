@@ -1,9 +1,17 @@
 # ddbench workflow: `snakemake --cores all` (embedded default) or
 # `snakemake --cores all --config preset=gpu`. Every rule runs the same
 # `python -m pipeline <stage>` command as the matching dvc.yaml stage
-# (tests/test_workflow.py checks this). No logic here beyond expanding the grid.
+# (tests/test_workflow.py checks this). The job list, paths and params keys come
+# from pipeline/dag.py; nothing here but wiring rules to them.
+#
+# What reruns a job (profiles/default/config.yaml: rerun-triggers params, input,
+# software-env, code): a changed value of its params.yaml slice (`params.cfg`), a
+# changed input, or a changed source file of the modules its command runs
+# (`params.code`: a hash of dag.stage_modules(stage), the same files dvc.yaml lists
+# as the stage's deps). Snakemake's own `code` trigger only sees the shell text.
 import re
 import yaml
+from snakemake.exceptions import WorkflowError
 from pipeline import config as ddconfig, dag
 
 configfile: "params.yaml"
@@ -24,6 +32,18 @@ JOBS = dag.jobs(CFG)
 # in DAG order, so the two engines never redo each other's finished work.
 if workflow.is_main_process and not workflow.touch:
     dag.reconcile_with_dvc(CFG, JOBS)
+
+
+CODE = {stage: dag.code_version(stage) for stage in dag.STAGE_ENTRY}
+
+
+def all_cores(wildcards):
+    """Every core for the heavy single jobs. `workflow.cores` is undefined (and raises) when no
+    --cores is given, as in `snakemake --unlock` or `snakemake --report`: one thread there."""
+    try:
+        return workflow.cores
+    except WorkflowError:
+        return 1
 
 
 def params_of(stage):
@@ -57,6 +77,7 @@ rule prepare_data:
         manifest=P["manifest"],
     params:
         cfg=params_of("prepare-data"),
+        code=CODE["prepare-data"],
     log:
         P["logs"] + "/prepare-data/{dataset}.log",
     shell:
@@ -74,9 +95,10 @@ rule train:
         loss_png=report(P["loss_png"], caption="report/loss.rst", category="Training"),
     params:
         cfg=params_of("train"),
+        code=CODE["train"],
     log:
         P["logs"] + "/train/{dataset}.log",
-    threads: workflow.cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
+    threads: all_cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
@@ -93,9 +115,10 @@ rule train_classifier:
         sidecar=P["classifier_json"],
     params:
         cfg=params_of("train-classifier"),
+        code=CODE["train-classifier"],
     log:
         P["logs"] + "/train-classifier/{dataset}.log",
-    threads: workflow.cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
+    threads: all_cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
@@ -113,6 +136,7 @@ rule ref_stats:
         sidecar=P["stats_json"],
     params:
         cfg=params_of("ref-stats"),
+        code=CODE["ref-stats"],
         clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
     log:
         P["logs"] + "/ref-stats/{dataset}-{features}.log",
@@ -133,6 +157,7 @@ rule sample:
         record=P["record"],
     params:
         cfg=params_of("sample"),
+        code=CODE["sample"],
         model=lambda wc: "" if is_gaussian(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
         out=lambda wc: P["run"].format(dataset=wc.dataset, point=wc.point),
     log:
@@ -154,6 +179,7 @@ rule fid:
         record=P["fid"],
     params:
         cfg=params_of("fid"),
+        code=CODE["fid"],
         stats=lambda wc: "" if is_gaussian(wc.dataset) else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
         clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
     log:
@@ -175,6 +201,7 @@ rule aggregate:
         metrics=P["metrics"],
     params:
         cfg=params_of("aggregate"),
+        code=CODE["aggregate"],
     log:
         P["logs"] + "/aggregate.log",
     shell:
@@ -188,6 +215,7 @@ rule figures:
         figures=report(directory(P["figures"]), patterns=["{name}.png"], caption="report/figures.rst", category="Figures"),
     params:
         cfg=params_of("figures"),
+        code=CODE["figures"],
     log:
         P["logs"] + "/figures.log",
     shell:

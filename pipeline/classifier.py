@@ -14,8 +14,6 @@ Files: `classifier.safetensors` (weights, no pickle) + `classifier.json`
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import torch.nn.functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from pipeline import files, provenance
+from pipeline import console, files, provenance
+from pipeline.images import from_uint8
 from pipeline.config import ClassifierConfig
 
 EXTRACTOR_NAME = "ddbench-classifier"  # the name torch-fidelity knows the extractor by
@@ -60,16 +59,6 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = F.relu(self.fc(self.body(x)))
         return features, self.head(features)
-
-
-def _progress() -> bool:
-    """Progress bars when someone watches; quiet in tests and logs."""
-    return sys.stderr.isatty() and not os.environ.get("DDBENCH_QUIET")
-
-
-def to_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, C, H, W] in 0..255 -> float32 in [-1, 1] (the same map at training and feature time)."""
-    return x.to(torch.float32) / 127.5 - 1.0
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
@@ -155,7 +144,7 @@ def train_on_tensors(
     losses = []
     for _ in tqdm(range(cfg.steps), desc="classifier", disable=not progress, leave=False):
         idx = torch.randint(len(x_train), (batch,), generator=gen)
-        x = to_input(x_train[idx].to(device))
+        x = from_uint8(x_train[idx].to(device))
         _, logits = model(x)
         loss = F.cross_entropy(logits, y_train[idx].to(device))
         opt.zero_grad(set_to_none=True)
@@ -169,7 +158,7 @@ def train_on_tensors(
     with torch.no_grad():
         for i in range(0, n_held, 512):
             idx = held_idx[i : i + 512]
-            _, logits = model(to_input(images[idx].to(device)))
+            _, logits = model(from_uint8(images[idx].to(device)))
             correct += int((logits.argmax(1).cpu() == labels[idx]).sum())
     stats = {
         "arch": arch,
@@ -191,11 +180,6 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_path: str 
 
     from pipeline import data
 
-    for key in ("steps", "batch_size", "feature_dim"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"classifier.{key}: {getattr(cfg, key)} must be >= 1")
-    if cfg.lr <= 0:
-        raise ValueError(f"classifier.lr: {cfg.lr} must be > 0")
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
         raise ValueError(f"classifier: output {out_path} must end in .safetensors")
@@ -203,7 +187,7 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_path: str 
     prepared = data.load_prepared(data_dir)
     images, labels = _check_data(prepared, data_dir)
 
-    model, stats = train_on_tensors(cfg, images, labels, device, progress=_progress())
+    model, stats = train_on_tensors(cfg, images, labels, device, progress=not console.quiet())
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with files.atomic_path(out_path) as tmp:
@@ -252,7 +236,7 @@ class ClassifierFeatureExtractor(FeatureExtractorBase):
             raise ValueError(
                 f"{EXTRACTOR_NAME}: images are {tuple(x.shape[2:])}, the classifier was trained on {self.image_size}"
             )
-        x = to_input(x)
+        x = from_uint8(x)
         if self.in_channels == 1:
             x = x.mean(dim=1, keepdim=True)
         features, logits = self.net(x)

@@ -150,13 +150,8 @@ def cmd_aggregate(cfg: Config, a) -> None:
     lines = [json.dumps({"kind": "sample", **files.read_json(p)}, sort_keys=True) for p in sample_recs]
     lines += [json.dumps({"kind": "fid", **files.read_json(p)}, sort_keys=True) for p in fid_recs]
     files.write_text(dag.paths(cfg)["records"], "\n".join(lines) + "\n")
-    # `dvc metrics show/diff`: FID per dataset / feature space / point.
-    metrics: dict = {}
-    for row in frame.to_dict("records"):
-        metrics.setdefault(row["dataset"], {}).setdefault(row["features"], {})[row["point"]] = {
-            k: row.get(k) for k in ("fid", "kid_mean", "nfe", "images_per_s")
-        }
-    files.write_json(dag.paths(cfg)["metrics"], metrics)
+    # `dvc metrics show/diff`: the headline numbers only; per-point curves stay in runs.csv.
+    files.write_json(dag.paths(cfg)["metrics"], aggregate.headline_metrics(frame))
     print(f"aggregate: {len(frame)} rows -> {out}")
 
 
@@ -206,9 +201,9 @@ def cmd_preset(cfg: Config, a, params_path: Path) -> None:
 
 
 def cmd_convert_inception(cfg, a) -> None:
-    from pipeline import fid
+    from pipeline import inception_convert
 
-    fid.convert_inception(Path(a.torchscript), Path(a.out))
+    inception_convert.convert_inception(Path(a.torchscript), Path(a.out))
     print(f"convert-inception: {a.torchscript} -> {a.out}")
 
 

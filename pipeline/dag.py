@@ -13,18 +13,125 @@ from pathlib import Path
 
 from pipeline.config import Config
 
-# Each stage's own modules: a DVC stage depends on these files, not the whole package.
-MODULES = {
-    "prepare-data": ["pipeline/data.py"],
-    "train": ["pipeline/train.py", "pipeline/unet.py", "pipeline/data.py", "pipeline/schedules.py"],
-    "train-classifier": ["pipeline/classifier.py", "pipeline/data.py"],
-    "ref-stats": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/data.py"],
-    "sample": ["pipeline/sample.py", "pipeline/samplers", "pipeline/schedules.py", "pipeline/gaussian.py",
-               "pipeline/unet.py", "pipeline/train.py", "pipeline/data.py"],
-    "fid": ["pipeline/fid.py", "pipeline/classifier.py", "pipeline/gaussian.py", "pipeline/data.py"],
-    "aggregate": ["pipeline/aggregate.py", "pipeline/papers.py", "pipeline/reference"],
-    "figures": ["pipeline/figures.py"],
+# The module each stage's CLI handler hands its work to; everything it imports follows.
+STAGE_ENTRY = {
+    "prepare-data": "pipeline.data",
+    "train": "pipeline.train",
+    "train-classifier": "pipeline.classifier",
+    "ref-stats": "pipeline.fid",
+    "sample": "pipeline.sample",
+    "fid": "pipeline.fid",
+    "aggregate": "pipeline.aggregate",
+    "figures": "pipeline.figures",
 }
+# Data files a module reads at run time (found by tests/test_dag.py's scan for `__file__`).
+MODULE_DATA = {
+    "pipeline.config": ["pipeline/params.schema.yaml"],
+    "pipeline.papers": ["pipeline/reference"],
+}
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _module_file(module: str) -> Path | None:
+    """pipeline.x.y -> its source file (a package's __init__.py), None outside the package."""
+    parts = module.split(".")
+    if parts[0] != "pipeline":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(tree, module: str, *, top_level_only: bool = False, lazy: bool = False) -> set:
+    """`pipeline.*` modules imported anywhere in `tree` (function bodies too: a stage calls them).
+    With `lazy`, also the modules of lazy registry entries ("pipeline.samplers.ddim:ddim")."""
+    import ast
+
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    pkg = module if module.endswith("__init__") else module.rsplit(".", 1)[0]
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                anchor = module.split(".")[: len(module.split(".")) - node.level + (1 if _is_package(module) else 0)]
+                base = ".".join(anchor + ([base] if base else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pipeline import x` imports module x
+        elif (lazy and isinstance(node, ast.Constant) and isinstance(node.value, str)
+              and re.fullmatch(r"pipeline(\.\w+)+:\w+", node.value)):
+            found.add(node.value.partition(":")[0])  # a lazy registry entry, e.g. "pipeline.samplers.ddim:ddim"
+    return {m for m in found if _module_file(m) is not None}
+
+
+def _is_package(module: str) -> bool:
+    f = _module_file(module)
+    return f is not None and f.name == "__init__.py"
+
+
+def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset()) -> set:
+    """Every module reachable from `roots`. cli.py is not followed: it imports each stage's module
+    inside that stage's handler, and `stage_modules` reads only the handler that runs. With `lazy`,
+    lazy registry entries are followed too; of a module in `loaded` (whose imports are already
+    counted) only its lazy entries are (see `stage_modules`)."""
+    import ast
+
+    seen, todo = set(), list(roots)
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parts = m.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b runs a/__init__.py
+        if m != "pipeline.cli":
+            tree = ast.parse(_module_file(m).read_text())
+            found = _imports(tree, m, lazy=lazy)
+            todo += sorted(found - _imports(tree, m) if m in loaded else found)
+    return seen
+
+
+def stage_modules(stage: str) -> list:
+    """The files a stage's command runs: `python -m pipeline <stage>` loads pipeline/__main__.py,
+    cli.py and what cli imports at the top, then the stage handler's imports and everything they
+    import (derived from the source, so a new import is a new dependency). Used as DVC `deps`
+    and hashed into Snakemake `params`, so editing any of them reruns exactly this stage."""
+    import ast
+
+    cli_tree = ast.parse(_module_file("pipeline.cli").read_text())
+    roots = {"pipeline.__main__", "pipeline.cli"} | _imports(cli_tree, "pipeline.cli", top_level_only=True)
+    stage_roots = {STAGE_ENTRY[stage]}
+    handler = "cmd_" + stage.replace("-", "_")
+    for node in cli_tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name in (handler, "main"):
+            stage_roots |= _imports(node, "pipeline.cli")
+    # A lazy registry entry ("pipeline.samplers.ddim:ddim") is loaded by the stage that runs it,
+    # not by the config that only reads the registry's names: follow entries from the stage's roots.
+    base = _closure(roots)
+    modules = base | _closure(stage_roots, lazy=True, loaded=frozenset(base))
+    files = {str(_module_file(m).relative_to(PACKAGE_DIR.parent)) for m in modules}
+    for m in modules:
+        files |= set(MODULE_DATA.get(m, []))
+    return sorted(files)
+
+
+def code_version(stage: str) -> str:
+    """sha256 over the contents of `stage_modules(stage)`: Snakemake reruns a job when it changes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = PACKAGE_DIR.parent
+    for rel in stage_modules(stage):
+        path = root / rel
+        for f in sorted([path] if path.is_file() else (q for q in path.rglob("*") if q.is_file())):
+            if "__pycache__" in f.parts:
+                continue
+            h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -37,8 +144,6 @@ class Job:
     outs_nocache: list = field(default_factory=list)  # small outputs kept in git
     metrics: list = field(default_factory=list)  # JSON metrics, kept in git
     params: list = field(default_factory=list)  # dotted params.yaml keys
-    log: str = ""
-    gpu: bool = False
 
 
 def stage_name(*parts: str) -> str:
@@ -128,7 +233,6 @@ def jobs(cfg: Config) -> list:
             "prepare-data", stage_name("prepare-data", ds),
             f"{pre} prepare-data --dataset {ds} --out {f('data')} --log {P['logs']}/prepare-data/{ds}.log",
             outs=[f("images"), f("manifest")], params=params_keys(cfg, "prepare-data", ds),
-            log=f"{P['logs']}/prepare-data/{ds}.log",
         ))
         if not gauss:
             out.append(Job(
@@ -136,14 +240,14 @@ def jobs(cfg: Config) -> list:
                 f"{pre} train --dataset {ds} --data {f('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
                 deps=[f("images"), f("manifest")],
                 outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
-                params=params_keys(cfg, "train", ds), log=f"{P['logs']}/train/{ds}.log", gpu=True,
+                params=params_keys(cfg, "train", ds),
             ))
             if "classifier" in run.features:
                 out.append(Job(
                     "train-classifier", stage_name("train-classifier", ds),
                     f"{pre} train-classifier --dataset {ds} --data {f('data')} --out {f('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
                     deps=[f("images"), f("manifest")], outs=[f("classifier"), f("classifier_json")],
-                    params=params_keys(cfg, "train-classifier", ds), log=f"{P['logs']}/train-classifier/{ds}.log", gpu=True,
+                    params=params_keys(cfg, "train-classifier", ds),
                 ))
             for feat in run.features:
                 clf = feat == "classifier"
@@ -154,7 +258,7 @@ def jobs(cfg: Config) -> list:
                     + f" --out {f('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
                     deps=[f("images"), f("manifest")] + ([f("classifier"), f("classifier_json")] if clf else []),
                     outs=[f("stats", features=feat), f("stats_json", features=feat)],
-                    params=params_keys(cfg, "ref-stats", ds), log=f"{P['logs']}/ref-stats/{ds}-{feat}.log", gpu=True,
+                    params=params_keys(cfg, "ref-stats", ds),
                 ))
         for point in run.points:
             pt = point.name
@@ -166,7 +270,7 @@ def jobs(cfg: Config) -> list:
                 + f" --out {f('run', point=pt)} --log {P['logs']}/sample/{ds}/{pt}.log",
                 deps=[f("manifest")] + model_deps,
                 outs=[f("samples", point=pt), f("grid", point=pt), f("record", point=pt)],
-                params=params_keys(cfg, "sample", ds), log=f"{P['logs']}/sample/{ds}/{pt}.log", gpu=True,
+                params=params_keys(cfg, "sample", ds),
             ))
             for feat in run.features:
                 clf = feat == "classifier"
@@ -180,21 +284,21 @@ def jobs(cfg: Config) -> list:
                     + f" --out {f('fid', point=pt, features=feat)} --log {P['logs']}/fid/{ds}/{pt}-{feat}.log",
                     deps=[f("manifest"), f("samples", point=pt)] + stats + ([f("classifier")] if clf else []),
                     outs=[f("fid", point=pt, features=feat)],
-                    params=params_keys(cfg, "fid", ds), log=f"{P['logs']}/fid/{ds}/{pt}-{feat}.log", gpu=True,
+                    params=params_keys(cfg, "fid", ds),
                 ))
     records = [p for j in out if j.stage in ("sample", "fid") for p in j.outs if p.endswith(".json")]
     out.append(Job(
         "aggregate", "aggregate",
         f"{pre} aggregate --out {cfg.results_dir} --log {P['logs']}/aggregate.log",
         deps=records, outs_nocache=[P["tables"], P["records"]], metrics=[P["metrics"]],
-        params=params_keys(cfg, "aggregate"), log=f"{P['logs']}/aggregate.log",
+        params=params_keys(cfg, "aggregate"),
     ))
     mosaic = [p for j in out if j.stage == "sample" for p in j.outs if p.endswith("samples.npz")]
     out.append(Job(
         "figures", "figures",
         f"{pre} figures --out {P['figures']} --log {P['logs']}/figures.log",
         deps=[P["tables"]] + mosaic, outs_nocache=[P["figures"]],
-        params=params_keys(cfg, "figures"), log=f"{P['logs']}/figures.log",
+        params=params_keys(cfg, "figures"),
     ))
     return out
 
@@ -204,7 +308,7 @@ def dvc_yaml(cfg: Config) -> dict:
     stages = {}
     for job in jobs(cfg):
         params = list(job.params)
-        st: dict = {"cmd": job.cmd, "deps": list(MODULES[job.stage]) + list(job.deps)}
+        st: dict = {"cmd": job.cmd, "deps": stage_modules(job.stage) + list(job.deps)}
         if cfg.overlay_path is not None:
             st["deps"].append(str(cfg.overlay_path))
         st["params"] = params

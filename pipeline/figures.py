@@ -17,8 +17,8 @@ temporary path and renamed (pipeline.files.atomic_path).
 """
 from __future__ import annotations
 
-import logging
 import math
+import sys
 import zipfile
 from pathlib import Path
 
@@ -32,10 +32,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from pipeline.aggregate import SAMPLER_ORDER, series_key, series_label  # noqa: E402
+from pipeline.labels import n_text, series_key, series_label, series_sort_key, sorted_series  # noqa: E402
 from pipeline.files import atomic_path  # noqa: E402
-
-log = logging.getLogger(__name__)
+from pipeline.images import tile  # noqa: E402
 
 RUNS_COLUMNS = ("dataset", "features", "point", "sampler", "eta", "spacing", "steps", "nfe", "fid",
                 "wall_s", "n_images", "seed", "device_name")
@@ -46,7 +45,7 @@ CURVES = {
     "fid_vs_nfe": ("nfe", "model evaluations (NFE)"),
     "fid_vs_wall": ("s_per_image", "wall-clock seconds per image"),
 }
-SAMPLE_KEYS = ("samples", "images")  # array names tried in samples.npz, then its only array
+SAMPLE_KEY = "samples"  # the array of samples.npz that pipeline/sample.py writes: [N, C, H, W]
 MOSAIC_COLUMNS = 4  # images per row inside one mosaic cell
 
 
@@ -58,11 +57,9 @@ def load_runs(runs_csv: Path) -> pd.DataFrame:
     return frame
 
 
-def _setting_order(frame: pd.DataFrame) -> list[str]:
-    keys = {series_key(s, e) for s, e in zip(frame["sampler"], frame["eta"])}
-    rank = {name: i for i, name in enumerate(SAMPLER_ORDER)}
-    ordered = sorted(keys, key=lambda k: (rank.get(k[0], len(rank)), k[0], -1 if k[1] is None else k[1]))
-    return [series_label(*k) for k in ordered]
+def _say(message: str) -> None:
+    """A note on stderr, as the other stages print theirs (the CLI's --log copies it)."""
+    print(f"figures: {message}", file=sys.stderr)
 
 
 def _save(fig, stem: Path) -> list[Path]:
@@ -75,11 +72,6 @@ def _save(fig, stem: Path) -> list[Path]:
             fig.savefig(tmp, bbox_inches="tight", **kw)
         out.append(path)
     return out
-
-
-def _n_text(n: pd.Series) -> str:
-    vals = sorted(set(int(v) for v in n))
-    return f"N = {vals[0]:,}" if len(vals) == 1 else f"N = {vals[0]:,}–{vals[-1]:,}"
 
 
 def _plain_log_ticks(axis, at=None) -> None:
@@ -97,11 +89,11 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
     x, xlabel = CURVES[name]
     d = g.dropna(subset=["fid"]).copy()
     if d.empty:
-        log.info("%s: no finite FID, no figure", stem.name)
+        _say(f"{stem.name}: no finite FID, no figure")
         return []
     d["sampler setting"] = [series_label(s, e) for s, e in zip(d["sampler"], d["eta"])]
     d["s_per_image"] = d["wall_s"] / d["n_images"]
-    order = _setting_order(d)
+    order = [series_label(*k) for k in sorted_series(series_key(s, e) for s, e in zip(d["sampler"], d["eta"]))]
     facet = "spacing" if d["spacing"].nunique() > 1 else None
     grid = sns.relplot(
         data=d, x=x, y="fid", hue="sampler setting", hue_order=order, style="sampler setting",
@@ -116,7 +108,7 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
             _plain_log_ticks(ax.yaxis)
     grid.set_axis_labels(xlabel, "FID (log scale)" if log_y else "FID")
     dataset, features = d["dataset"].iloc[0], d["features"].iloc[0]
-    title = f"{dataset}: FID ({features} features, {_n_text(d['n_images'])}) vs {xlabel}"
+    title = f"{dataset}: FID ({features} features, {n_text(d['n_images'], per_point=False)}) vs {xlabel}"
     if facet:
         grid.set_titles(col_template="{col_name} spacing")
     else:
@@ -137,10 +129,10 @@ def read_first_images(npz_path: Path, k: int) -> np.ndarray:
         raise FileNotFoundError(f"{npz_path}: samples not found; run the sample stage first")
     with zipfile.ZipFile(npz_path) as z:
         names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
-        key = next((n for n in SAMPLE_KEYS if n in names), names[0] if len(names) == 1 else None)
-        if key is None:
-            raise ValueError(f"{npz_path}: no array named {' or '.join(SAMPLE_KEYS)} among {names}")
-        with z.open(f"{key}.npy") as f:
+        if SAMPLE_KEY not in names:
+            raise ValueError(f"{npz_path}: no array {SAMPLE_KEY!r} among {names}; expected the samples.npz "
+                             f"of the sample stage")
+        with z.open(f"{SAMPLE_KEY}.npy") as f:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
@@ -154,19 +146,7 @@ def read_first_images(npz_path: Path, k: int) -> np.ndarray:
                 buf = f.read(count * item * dtype.itemsize)
                 return np.frombuffer(buf, dtype=dtype).reshape((count,) + tuple(shape[1:]))
     with np.load(npz_path, allow_pickle=False) as z:
-        return np.ascontiguousarray(z[key][:k])
-
-
-def _tile(images: np.ndarray) -> np.ndarray:
-    """[k, C, H, W] uint8 -> one [rows*H, cols*W(, C)] picture, MOSAIC_COLUMNS images per row."""
-    k, c, h, w = images.shape
-    cols = min(k, MOSAIC_COLUMNS)
-    rows = math.ceil(k / cols)
-    canvas = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = img.transpose(1, 2, 0)
-    return canvas[..., 0] if c == 1 else canvas
+        return np.ascontiguousarray(z[SAMPLE_KEY][:k])
 
 
 def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k: int, stem: Path) -> list[Path]:
@@ -178,7 +158,7 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
     images = {p: read_first_images(path, k) for p, path in points.items()}
     not_uint8 = sorted(p for p, a in images.items() if a.dtype != np.uint8)
     if not_uint8:
-        log.info("mosaic %s: samples are %s, not uint8 images; no mosaic", dataset, images[not_uint8[0]].dtype)
+        _say(f"mosaic {dataset}: samples are {images[not_uint8[0]].dtype}, not uint8 images; no mosaic")
         return []
     bad = sorted(p for p, a in images.items() if a.ndim != 4 or a.shape[1] not in (1, 3))
     if bad:
@@ -189,12 +169,11 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
                          f"a mosaic compares samplers on the same seeds")
     sub = runs.loc[list(points)]
     several = sub["spacing"].nunique() > 1
-    rank = {name: i for i, name in enumerate(SAMPLER_ORDER)}
     label, sort_key = {}, {}
     for p, r in sub.iterrows():
-        sampler, eta = series_key(r["sampler"], r["eta"])
-        label[p] = series_label(sampler, eta) + (f" ({r['spacing']})" if several else "")
-        sort_key[label[p]] = (rank.get(sampler, len(rank)), sampler, -1 if eta is None else eta, r["spacing"])
+        key = series_key(r["sampler"], r["eta"])
+        label[p] = series_label(*key) + (f" ({r['spacing']})" if several else "")
+        sort_key[label[p]] = series_sort_key(key) + (r["spacing"],)
     rows = sorted(sort_key, key=sort_key.get)
     cols = sorted(set(int(s) for s in sub["steps"]))
     cell = {(label[p], int(sub.at[p, "steps"])): images[p] for p in points}
@@ -214,7 +193,7 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if (r, s) in cell:
-                ax.imshow(_tile(cell[(r, s)][:n_img]), cmap="gray" if first.shape[1] == 1 else None,
+                ax.imshow(tile(cell[(r, s)][:n_img], MOSAIC_COLUMNS), cmap="gray" if first.shape[1] == 1 else None,
                           vmin=0, vmax=255, interpolation="nearest")
             if i == 0:
                 ax.set_title(f"S = {s}", fontsize=9)

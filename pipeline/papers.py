@@ -20,9 +20,47 @@ import pandas as pd
 REFERENCE_DIR = Path(__file__).parent / "reference"
 PAPERS_YAML = REFERENCE_DIR / "papers.yaml"
 
-# The data set the published numbers are about; ddbench data sets of this name get
-# the published columns in their tables.
+# The data set the published numbers are about. The name only decides where published
+# numbers are shown as *context*; whether ours are *comparable* to them is decided from
+# provenance (`comparability`), never from this name.
 PUBLISHED_DATASET = "cifar10"
+
+# --- what a published CIFAR-10 FID is made of (DDIM Table 1, DDPM, DPM-Solver) -----------------
+# A FID of ours is comparable to the published ones only when it is made of the same things:
+# the standard FID Inception weights, reference statistics of the exact CIFAR-10 training set,
+# N = 50,000 generated images (papers.yaml ddim_table1.n_images), and the papers' checkpoint.
+
+# sha256 of Inception weight files that hold the standard FID Inception-v3 (TensorFlow's
+# inception-2015-12-05 graph, 2048-d pool features), as read from the fid record's
+# `features_weights_sha256` (or, in records written before it existed, `weights_sha256`).
+STANDARD_FID_WEIGHTS_SHA256 = {
+    # torch-fidelity state dict converted from NVIDIA's TorchScript inception-2015-12-05;
+    # checked layer by layer against it in shared/data/README.md ("FID Inception weights").
+    "d3afb23b3319641121bd991594f5c606646b344aa136e3a717049979e7e1a467":
+        "weights-inception-2015-12-05-6726825d-converted.pth",
+}
+# torch-fidelity's own file, weights-inception-2015-12-05-6726825d.pth: torch.hub names a
+# downloadable file <name>-<first 8 hex digits of its sha256>.<ext>, so only this prefix is known.
+STANDARD_FID_WEIGHTS_SHA256_PREFIXES = {"6726825d": "torch-fidelity's weights-inception-2015-12-05-6726825d.pth"}
+
+# sha256 of the 50,000 CIFAR-10 training images as one uint8 array [50000, 32, 32, 3] (NHWC,
+# C-contiguous) in the original order (data_batch_1 .. data_batch_5, each row of a batch's
+# `data` reshaped to [3, 32, 32] and transposed to [32, 32, 3]), as the fid record's
+# `ref_content_sha256` states it for the images its reference statistics were computed from.
+# Not known on this machine (the original batches are not available whole, see
+# shared/data/README.md), so None: no reference set is recognised as the papers' until the
+# value is filled in from the original files. It can only ever match the exact set.
+CIFAR10_TRAIN_NHWC_SHA256: Optional[str] = None
+
+# Reference sets known NOT to be the papers', by the same content hash: named in the reason.
+KNOWN_REFERENCE_SETS = {
+    # shared/data/cifar10/cifar10-jpeg-q75.tar.xz, train split decoded (Pillow 13.0.0) in original order
+    "5aaf8a2cf2e577ff4dbb15e4f368840fab5aca1812bcc69682005f8dc661d466": "JPEG copy",
+}
+
+# The checkpoint the papers sampled: Ho et al. 2020's CIFAR-10 EMA model, as imported by
+# model.pretrained (presets/paper.yaml); read from the sample record's `model_pretrained`.
+PAPERS_MODEL = "google/ddpm-cifar10-32"
 
 FID_COLUMNS = ["dataset", "sampler", "eta", "steps", "nfe", "spacing", "features", "n_images",
                "reference_set", "fid", "citation", "where", "row"]
@@ -52,6 +90,7 @@ class Claim:
     where: str  # "Table 1", "Abstract"
     statement: str
     published: str  # the paper's own evidence, quoted or paraphrased
+    reading: str = ""  # how ddbench reads the paper's words where they allow more than one reading
 
 
 @dataclass(frozen=True)
@@ -106,7 +145,8 @@ def citation(key: str) -> Citation:
 
 def claims() -> list[Claim]:
     """The claims in paper order (DDIM, PNDM, DPM-Solver)."""
-    return [Claim(**{f: str(c[f]) for f in ("id", "citation", "where", "statement", "published")})
+    return [Claim(**{f: str(c[f]) for f in ("id", "citation", "where", "statement", "published")},
+                  reading=str(c.get("reading") or ""))
             for c in _yaml()["claims"]]
 
 
@@ -181,3 +221,46 @@ def published_number(number_id: str) -> pd.Series:
 def is_published_dataset(dataset: str, features: Optional[str] = None) -> bool:
     """Whether published numbers exist for this ddbench data set (and feature space, if given)."""
     return dataset == PUBLISHED_DATASET and (features is None or features == ddim_table1_source().features)
+
+
+# --- comparability of our FIDs with the published ones ------------------------------------------
+
+def is_standard_fid_weights(sha256: Optional[str]) -> bool:
+    """Whether a weights file (by sha256) is the standard FID Inception (STANDARD_FID_WEIGHTS_SHA256)."""
+    if not sha256:
+        return False
+    return sha256 in STANDARD_FID_WEIGHTS_SHA256 or any(sha256.startswith(p) for p in STANDARD_FID_WEIGHTS_SHA256_PREFIXES)
+
+
+def comparability(*, papers_features: bool, weights_sha256: Optional[str], ref_content_sha256: Optional[str],
+                  n_images: int, model_pretrained: Optional[str], model_kind: Optional[str]) -> list[str]:
+    """Why a FID of ours is NOT comparable to the published CIFAR-10 FIDs; [] when it is.
+
+    papers_features: the fid record's `comparable_to_papers` (the feature space is Inception);
+    weights_sha256 / ref_content_sha256: the fid record's hashes (None when not recorded);
+    n_images: N of the point; model_pretrained / model_kind: the sample record's model provenance.
+    Reasons, in this order: features, weights, reference, model, N, e.g.
+    ["reference: JPEG copy", "model: ours", "N = 5,000"].
+    """
+    out = []
+    if not papers_features:
+        out.append("features: not Inception")
+    elif not weights_sha256:
+        out.append("Inception weights: sha256 not recorded")
+    elif not is_standard_fid_weights(weights_sha256):
+        out.append(f"Inception weights: sha256 {weights_sha256[:12]}… is not the standard FID Inception")
+    if not ref_content_sha256:
+        out.append("reference: content hash not recorded")
+    elif ref_content_sha256 in KNOWN_REFERENCE_SETS:
+        out.append(f"reference: {KNOWN_REFERENCE_SETS[ref_content_sha256]}")
+    elif CIFAR10_TRAIN_NHWC_SHA256 is None or ref_content_sha256 != CIFAR10_TRAIN_NHWC_SHA256:
+        out.append("reference: not the exact CIFAR-10 training set"
+                   + (" (its hash is not known here)" if CIFAR10_TRAIN_NHWC_SHA256 is None else ""))
+    if model_pretrained != PAPERS_MODEL:
+        out.append(f"model: {model_pretrained}" if model_pretrained else
+                   "model: exact Gaussian" if model_kind == "exact" else
+                   "model: imported, its id not recorded" if model_kind == "diffusers" else "model: ours")
+    n_papers = int(ddim_table1_source().n_images)
+    if int(n_images) != n_papers:
+        out.append(f"N = {int(n_images):,}")
+    return out

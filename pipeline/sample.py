@@ -1,13 +1,17 @@
 """The sample stage: one grid point -> N images, a grid PNG and a run record with measured speed.
 
-    run(cfg, point, diffusion, data_dir, model_path, out_dir, dataset) -> record
+    run(cfg, point, diffusion, data_dir, model_path, out_dir, dataset) -> record      reads inputs, writes outputs
+    generate(eps_fn, point, schedule, seeds, shape, batch_size, device) -> (x_0, nfe, wall_s)   the sampling itself
+
+The split follows EDM's generate.py: `generate` runs the sampler over batches of seeds and
+measures; `run` loads the eps model, checks everything first, renders and writes.
 
 Fixed latents: image k starts from x_T drawn by its own generator seeded with `seed + k`
 (on the CPU, then moved to the device), and the same generator supplies that image's
 sampler noise (DDPM, DDIM eta > 0), as in EDM's generate.py. Image k is therefore the same
 for every N, batch size and device, and every sampler starts from identical latents.
 
-Model: `model_path` -> `train.load_checkpoint` (the EMA U-Net or an imported diffusers
+Model: `model_path` -> `checkpoint.load_checkpoint` (the EMA U-Net or an imported diffusers
 UNet2DModel); None -> the gaussian data set's exact noise prediction (`gaussian.exact_eps_fn`
 with mu, s from its data manifest). The eps function is wrapped once with a call counter:
 the recorded NFE is counted, and `nfe_expected` is the registry's formula beside it.
@@ -24,29 +28,27 @@ float32 [N, *shape] for the gaussian; key `seeds`), `grid.png`, `record.json`.
 """
 from __future__ import annotations
 
-from pipeline.errors import SampleError
-
 import io
 import math
-import os
 import resource
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline import files, provenance, samplers
+from pipeline import console, files, images, provenance, samplers
 from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
+from pipeline.errors import SampleError
 from pipeline.samplers import NonFiniteError
 from pipeline.schedules import SPACINGS
 
 WARMUP_EVALS = 2
-
+GRID_PADDING = 2  # pixels of white around and between the images of grid.png
 
 
 class CountingEps:
@@ -72,6 +74,9 @@ def initial_noise(seeds, shape, device: str = "cpu") -> tuple[torch.Tensor, list
     return x.to(device), gens
 
 
+# ---------------------------------------------------------------------------- the eps model
+
+
 def model_eps_fn(model: torch.nn.Module, device: str, *, bf16: bool = False, channels_last: bool = False):
     """nn.Module `model(x, t) -> eps` -> eps_fn(x, t) returning float32; bf16 autocast / channels_last on CUDA only."""
     cuda = device.startswith("cuda")
@@ -88,46 +93,26 @@ def model_eps_fn(model: torch.nn.Module, device: str, *, bf16: bool = False, cha
     return eps_fn
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(torch.device(device))
+def load_eps_fn(model_path, manifest: dict, dataset: str, diffusion: DiffusionConfig, cfg: SampleConfig,
+                device: str) -> tuple[Callable, dict]:
+    """The eps function to sample from, and the record fields naming it (model, model_kind, checkpoint_sha256).
+
+    model_path: a checkpoint (file or folder) from the train stage; None: the gaussian set's exact eps.
+    """
+    shape = tuple(int(d) for d in manifest["shape"])
+    if model_path is not None:
+        return _load_checkpoint(model_path, device, diffusion, shape, cfg)
+    if manifest.get("source") != "gaussian":
+        raise SampleError(f"--model: required for dataset {dataset!r} (only the gaussian set has an exact model)")
+    from pipeline import gaussian
+
+    mu, s = float(manifest["mu"]), float(manifest["s"])
+    eps_fn = gaussian.exact_eps_fn(mu, s, diffusion.noise_schedule())
+    return eps_fn, {"checkpoint_sha256": None, "model": f"exact eps of N({mu:g}, {s:g}^2 I)", "model_kind": "exact"}
 
 
-def _peak_memory(device: str) -> tuple[int, str]:
-    if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated(torch.device(device))), "cuda_max_memory_allocated"
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_ru_maxrss_process"
-
-
-def _check_point(point: GridPoint, diffusion: DiffusionConfig) -> Optional[float]:
-    """Validate the grid point; return the eta actually used (0.0 default for eta samplers, else None)."""
-    if point.sampler not in samplers.SAMPLERS:
-        raise SampleError(f"sampler: unknown {point.sampler!r}; known: {', '.join(samplers.SAMPLERS)}")
-    if isinstance(point.steps, bool) or not isinstance(point.steps, int) or not 1 <= point.steps <= diffusion.T:
-        raise SampleError(f"steps: {point.steps!r} must be an integer in 1..T={diffusion.T} (diffusion.T)")
-    if point.spacing not in SPACINGS:
-        raise SampleError(f"spacing: {point.spacing!r}; allowed: {list(SPACINGS)}")
-    if samplers.takes_eta(point.sampler):
-        eta = 0.0 if point.eta is None else point.eta
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise SampleError(f"eta: {point.eta!r} for sampler {point.sampler!r} must be a number in [0, 1]")
-        return float(eta)
-    if point.eta is not None:
-        raise SampleError(f"eta: sampler {point.sampler!r} takes no eta, got {point.eta!r}; leave it unset")
-    return None
-
-
-def _check_cfg(cfg: SampleConfig, n: int) -> None:
-    for key, value in (("n_images", n), ("batch_size", cfg.batch_size), ("grid_images", cfg.grid_images)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise SampleError(f"sample.{key}: {value!r} must be an integer >= 1")
-    if cfg.seed < 0:
-        raise SampleError(f"sample.seed: {cfg.seed} must be >= 0")
-
-
-def _load_model(model_path, device: str, diffusion: DiffusionConfig, shape: tuple, cfg: SampleConfig):
-    from pipeline import train
+def _load_checkpoint(model_path, device: str, diffusion: DiffusionConfig, shape: tuple, cfg: SampleConfig):
+    from pipeline import checkpoint
 
     path = Path(model_path)
     if path.is_dir():
@@ -135,7 +120,7 @@ def _load_model(model_path, device: str, diffusion: DiffusionConfig, shape: tupl
     if not path.is_file():
         raise SampleError(f"--model: {str(path)!r} does not exist; run the train stage first")
     try:
-        model, sidecar = train.load_checkpoint(path, device)
+        model, sidecar = checkpoint.load_checkpoint(path, device)
     except (ValueError, OSError, RuntimeError) as e:  # CheckpointError / ConfigError are ValueErrors
         raise SampleError(f"--model: {path} cannot be loaded: {e}") from e
     trained = sidecar.get("diffusion")
@@ -146,18 +131,94 @@ def _load_model(model_path, device: str, diffusion: DiffusionConfig, shape: tupl
     if c is not None and (int(c), int(size), int(size)) != tuple(shape):
         raise SampleError(f"--model: {path} makes [{c}, {size}, {size}] images, the data in --data are {list(shape)}")
     eps_fn = model_eps_fn(model, device, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    return eps_fn, files.sha256_file(path), {"model": str(path), "model_kind": sidecar.get("kind")}
+    return eps_fn, {"checkpoint_sha256": files.sha256_file(path), "model": str(path), "model_kind": sidecar.get("kind")}
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+def _timed(fn: Callable, device: str):
+    """(fn(), seconds): CUDA-synchronised before and after, since kernels run asynchronously."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t0
+
+
+def warm_up(eps_fn: Callable, shape: tuple, seeds: Sequence[int], T: int, device: str) -> None:
+    """WARMUP_EVALS untimed evaluations on the first batch (CUDA context, kernels, allocator); then the
+    CUDA peak-memory count starts afresh, so `peak_mem_bytes` measures sampling."""
+    with torch.inference_mode():
+        x, _ = initial_noise(seeds, shape, device)
+        for t in torch.linspace(T - 1, 0, WARMUP_EVALS).long().tolist():
+            eps_fn(x, torch.full((len(seeds),), t, dtype=torch.long, device=device))
+        del x
+    _sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
+
+
+def peak_memory(device: str) -> tuple[int, str]:
+    """(bytes, kind): CUDA's max_memory_allocated on a GPU, the process's peak RSS on a CPU."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(torch.device(device))), "cuda_max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024), "cpu_ru_maxrss_process"
+
+
+# ---------------------------------------------------------------------------- sampling
+
+
+def generate(eps_fn: Callable, point: GridPoint, schedule, seeds: Sequence[int], shape: tuple, batch_size: int,
+             device: str, *, eta: Optional[float] = None, where: str = "sample") -> tuple[torch.Tensor, int, float]:
+    """Sample one image per seed, `batch_size` at a time: (x_0 float32 [N, *shape] on the CPU, nfe, wall_s).
+
+    Image k depends on seeds[k] alone (`initial_noise`), not on the batching. `nfe` is counted on
+    `eps_fn` per batch (every batch must agree); `wall_s` sums the sampler calls. A NaN/inf raises
+    NonFiniteError naming `where` and the images.
+    """
+    counted = CountingEps(eps_fn)
+    outputs, wall, nfe_per_batch = [], 0.0, []
+    starts = range(0, len(seeds), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc=where, unit="batch", disable=console.quiet() or len(starts) == 1, leave=False):
+            batch = seeds[start:start + batch_size]
+            x_T, gens = initial_noise(batch, shape, device)
+            counted.calls = 0
+            try:
+                x0, seconds = _timed(lambda: samplers.sample(point.sampler, counted, x_T, schedule, point.steps,
+                                                             spacing=point.spacing, eta=eta, generator=gens), device)
+            except NonFiniteError as e:
+                raise NonFiniteError(f"{where}: images {start}..{start + len(batch) - 1} "
+                                     f"(seeds {batch[0]}..{batch[-1]}): {e}; nothing written") from e
+            wall += seconds
+            if not bool(torch.isfinite(x0).all()):
+                raise NonFiniteError(f"{where}: NaN/inf in the samples of seeds {batch[0]}..{batch[-1]}; "
+                                     "nothing written")
+            nfe_per_batch.append(counted.calls)
+            outputs.append(x0.float().cpu())
+    if len(set(nfe_per_batch)) != 1:
+        raise RuntimeError(f"{where}: batches made different numbers of model calls {nfe_per_batch}")
+    return torch.cat(outputs), nfe_per_batch[0], wall
+
+
+# ---------------------------------------------------------------------------- rendering and the record
 
 
 def _grid_png_images(images_u8: torch.Tensor) -> bytes:
-    """uint8 [G, C, H, W] -> PNG bytes of a square-ish grid (1-channel images shown grey)."""
+    """uint8 [G, C, H, W] -> PNG bytes of a square-ish RGB grid (1-channel images shown grey)."""
     from PIL import Image
-    from torchvision.utils import make_grid
 
-    nrow = max(1, math.ceil(math.sqrt(len(images_u8))))
-    grid = make_grid(images_u8, nrow=nrow, padding=2, pad_value=255)  # uint8 [3, H', W']
+    rgb = images_u8.expand(-1, 3, -1, -1) if images_u8.shape[1] == 1 else images_u8
+    grid = images.tile(rgb, math.ceil(math.sqrt(len(rgb))), padding=GRID_PADDING, pad_value=255)
     buf = io.BytesIO()
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(buf, format="PNG")
+    Image.fromarray(grid).save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -184,6 +245,76 @@ def _grid_png_gaussian(samples: torch.Tensor, mu: float, s: float, title: str) -
     return buf.getvalue()
 
 
+def render(x: torch.Tensor, manifest: dict, grid_images: int, title: str) -> tuple[torch.Tensor, bytes]:
+    """Sampler output x_0 -> (samples as stored: uint8 images, or float32 for the gaussian; grid.png bytes)."""
+    if manifest.get("source") == "gaussian":
+        samples = x.to(torch.float32)
+        return samples, _grid_png_gaussian(samples, float(manifest["mu"]), float(manifest["s"]), title)
+    samples = images.to_uint8(x)
+    return samples, _grid_png_images(samples[:grid_images])
+
+
+def run_record(*, cfg: SampleConfig, point: GridPoint, eta: Optional[float], diffusion: DiffusionConfig, dataset: str,
+               n: int, nfe: int, wall: float, peak: tuple[int, str], device: str, model_info: dict,
+               manifest_sha256: str, samples_dtype: torch.dtype) -> dict:
+    """The run record (record.json): the grid point, counted NFE, speed, memory, model, data and hardware."""
+    cuda = device.startswith("cuda")
+    fp = provenance.fingerprint(device)
+    return {
+        "dataset": dataset,
+        "point": point.name,
+        "sampler": point.sampler,
+        "steps": point.steps,
+        "spacing": point.spacing,
+        "eta": eta,
+        "nfe": nfe,
+        "nfe_expected": samplers.nfe(point.sampler, point.steps),
+        "n_images": n,
+        "seed": cfg.seed,
+        "seeds": f"{cfg.seed}..{cfg.seed + n - 1}",
+        "batch_size": cfg.batch_size,
+        "n_batches": math.ceil(n / cfg.batch_size),
+        "wall_s": wall,
+        "images_per_s": n / wall if wall > 0 else None,
+        "s_per_nfe": wall / nfe if nfe else None,
+        "warmup": f"{WARMUP_EVALS} untimed eps evaluations on a batch of {min(cfg.batch_size, n)}",
+        "peak_mem_bytes": peak[0],
+        "peak_mem_kind": peak[1],
+        "device": device,
+        "device_name": fp.get("device_name"),
+        "torch": torch.__version__,
+        "bf16": bool(cuda and cfg.bf16),
+        "channels_last": bool(cuda and cfg.channels_last),
+        "diffusion": asdict(diffusion),
+        **model_info,
+        "data_manifest_sha256": manifest_sha256,
+        "samples_dtype": str(samples_dtype).replace("torch.", ""),
+        "grid_images": min(cfg.grid_images, n),
+        "fingerprint": fp,
+    }
+
+
+# ---------------------------------------------------------------------------- the stage
+
+
+def _check_point(point: GridPoint, diffusion: DiffusionConfig) -> Optional[float]:
+    """Validate the grid point; return the eta actually used (0.0 default for eta samplers, else None)."""
+    if point.sampler not in samplers.SAMPLERS:
+        raise SampleError(f"sampler: unknown {point.sampler!r}; known: {', '.join(samplers.SAMPLERS)}")
+    if isinstance(point.steps, bool) or not isinstance(point.steps, int) or not 1 <= point.steps <= diffusion.T:
+        raise SampleError(f"steps: {point.steps!r} must be an integer in 1..T={diffusion.T} (diffusion.T)")
+    if point.spacing not in SPACINGS:
+        raise SampleError(f"spacing: {point.spacing!r}; allowed: {list(SPACINGS)}")
+    if samplers.takes_eta(point.sampler):
+        eta = 0.0 if point.eta is None else point.eta
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise SampleError(f"eta: {point.eta!r} for sampler {point.sampler!r} must be a number in [0, 1]")
+        return float(eta)
+    if point.eta is not None:
+        raise SampleError(f"eta: sampler {point.sampler!r} takes no eta, got {point.eta!r}; leave it unset")
+    return None
+
+
 def run(
     cfg: SampleConfig,
     point: GridPoint,
@@ -199,113 +330,27 @@ def run(
     # ---- every check before any compute
     eta = _check_point(point, diffusion)
     n = cfg.n_for(point.steps)
-    _check_cfg(cfg, n)
     device = provenance.resolve_device(cfg.device)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    prepared = data.load_prepared(data_dir, verify=False)
-    manifest = prepared.manifest
+    manifest = data.load_prepared(data_dir, verify=False).manifest
     shape = tuple(int(d) for d in manifest["shape"])
-    gaussian = manifest.get("source") == "gaussian"
     schedule = diffusion.noise_schedule()
-    if model_path is None:
-        if not gaussian:
-            raise SampleError(f"--model: required for dataset {dataset!r} (only the gaussian set has an exact model)")
-        from pipeline import gaussian as g
+    eps_fn, model_info = load_eps_fn(model_path, manifest, dataset, diffusion, cfg, device)
+    seeds = range(cfg.seed, cfg.seed + n)
 
-        mu, s = float(manifest["mu"]), float(manifest["s"])
-        eps_fn = g.exact_eps_fn(mu, s, schedule)
-        checkpoint_sha, model_info = None, {"model": f"exact eps of N({mu:g}, {s:g}^2 I)", "model_kind": "exact"}
-    else:
-        eps_fn, checkpoint_sha, model_info = _load_model(model_path, device, diffusion, shape, cfg)
-    counted = CountingEps(eps_fn)
-    nfe_expected = samplers.nfe(point.sampler, point.steps)
-    cuda = device.startswith("cuda")
-    where = f"{dataset}/{point.name}"
-
-    # ---- warm-up (untimed): the first batch's shape through the eps model
-    b0 = min(cfg.batch_size, n)
-    with torch.inference_mode():
-        x_w, _ = initial_noise(range(cfg.seed, cfg.seed + b0), shape, device)
-        for t in torch.linspace(diffusion.T - 1, 0, WARMUP_EVALS).long().tolist():
-            eps_fn(x_w, torch.full((b0,), t, dtype=torch.long, device=device))
-        del x_w
-    _sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
-
-    # ---- timed sampling, batch by batch
-    outputs, wall, nfe_per_batch = [], 0.0, []
-    with torch.inference_mode():
-        starts = range(0, n, cfg.batch_size)
-        quiet = os.environ.get("DDBENCH_QUIET") == "1" or len(starts) == 1
-        for start in tqdm(starts, desc=where, unit="batch", disable=quiet, leave=False):
-            seeds = range(cfg.seed + start, cfg.seed + min(start + cfg.batch_size, n))
-            x_T, gens = initial_noise(seeds, shape, device)
-            counted.calls = 0
-            _sync(device)
-            t0 = time.perf_counter()
-            try:
-                x0 = samplers.sample(point.sampler, counted, x_T, schedule, point.steps, spacing=point.spacing,
-                                     eta=eta, generator=gens)
-                _sync(device)
-            except NonFiniteError as e:
-                raise NonFiniteError(f"{where}: images {seeds.start - cfg.seed}..{seeds.stop - cfg.seed - 1} "
-                                     f"(seeds {seeds.start}..{seeds.stop - 1}): {e}; nothing written") from e
-            wall += time.perf_counter() - t0
-            if not bool(torch.isfinite(x0).all()):
-                raise NonFiniteError(f"{where}: NaN/inf in the samples of seeds {seeds.start}..{seeds.stop - 1}; "
-                                     "nothing written")
-            nfe_per_batch.append(counted.calls)
-            outputs.append(x0.float().cpu())
-    if len(set(nfe_per_batch)) != 1:
-        raise RuntimeError(f"{where}: batches made different numbers of model calls {nfe_per_batch}")
-    nfe = nfe_per_batch[0]
-    peak, peak_kind = _peak_memory(device)
-    x = torch.cat(outputs)
+    # ---- warm-up (untimed), then the timed sampling
+    warm_up(eps_fn, shape, seeds[:cfg.batch_size], diffusion.T, device)
+    x, nfe, wall = generate(eps_fn, point, schedule, seeds, shape, cfg.batch_size, device, eta=eta,
+                            where=f"{dataset}/{point.name}")
+    peak = peak_memory(device)
 
     # ---- render everything in memory, then write
-    if gaussian:
-        samples = x.to(torch.float32)
-        grid = _grid_png_gaussian(samples, float(manifest["mu"]), float(manifest["s"]), f"{dataset} {point.name}")
-    else:
-        samples = data.to_uint8(x)
-        grid = _grid_png_images(samples[: cfg.grid_images])
+    samples, grid = render(x, manifest, cfg.grid_images, f"{dataset} {point.name}")
     buf = io.BytesIO()
     np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
-    fp = provenance.fingerprint(device)
-    record = {
-        "dataset": dataset,
-        "point": point.name,
-        "sampler": point.sampler,
-        "steps": point.steps,
-        "spacing": point.spacing,
-        "eta": eta,
-        "nfe": nfe,
-        "nfe_expected": nfe_expected,
-        "n_images": n,
-        "seed": cfg.seed,
-        "seeds": f"{cfg.seed}..{cfg.seed + n - 1}",
-        "batch_size": cfg.batch_size,
-        "n_batches": len(nfe_per_batch),
-        "wall_s": wall,
-        "images_per_s": n / wall if wall > 0 else None,
-        "s_per_nfe": wall / nfe if nfe else None,
-        "warmup": f"{WARMUP_EVALS} untimed eps evaluations on a batch of {b0}",
-        "peak_mem_bytes": peak,
-        "peak_mem_kind": peak_kind,
-        "device": device,
-        "device_name": fp.get("device_name"),
-        "torch": torch.__version__,
-        "bf16": bool(cuda and cfg.bf16),
-        "channels_last": bool(cuda and cfg.channels_last),
-        "diffusion": asdict(diffusion),
-        "checkpoint_sha256": checkpoint_sha,
-        **model_info,
-        "data_manifest_sha256": files.sha256_file(data_dir / "manifest.json"),
-        "samples_dtype": str(samples.dtype).replace("torch.", ""),
-        "grid_images": min(cfg.grid_images, n),
-        "fingerprint": fp,
-    }
+    record = run_record(cfg=cfg, point=point, eta=eta, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
+                        wall=wall, peak=peak, device=device, model_info=model_info,
+                        manifest_sha256=files.sha256_file(data_dir / "manifest.json"), samples_dtype=samples.dtype)
     files.write_bytes(out_dir / "samples.npz", buf.getvalue())
     files.write_bytes(out_dir / "grid.png", grid)
     files.write_json(out_dir / "record.json", record)

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SPACINGS = ("uniform", "quadratic", "linspace", "trailing")
+# The timestep selection itself is torch-free (config validation uses it without torch).
+from pipeline.spacing import SPACINGS, indices
+from pipeline.spacing import check_T as _check_T
+from pipeline.spacing import resolve as _resolve
+
+__all__ = ["SPACINGS", "NoiseSchedule", "timesteps"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -73,26 +78,6 @@ class NoiseSchedule:
         return cls.from_betas(betas)
 
 
-def _check_T(T) -> None:
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T: number of training steps must be an integer >= 1, got {T!r}")
-
-
-def _resolve(raw: list[int], T: int, steps: int, spacing: str) -> list[int]:
-    """Ascending candidate indices (possibly repeated) -> strictly ascending: each index is raised to
-    at least its predecessor + 1, so crowded first indices become consecutive (0,0,0,1 -> 0,1,2,3).
-    Raises, naming the values, if that would leave 0..T-1."""
-    out: list[int] = []
-    for r in raw:
-        out.append(r if not out else max(r, out[-1] + 1))
-    if out[0] < 0 or out[-1] > T - 1:
-        raise ValueError(
-            f"spacing {spacing!r} with steps={steps}, T={T} gives indices {raw} which cannot be made "
-            f"{steps} distinct values in 0..{T - 1}"
-        )
-    return out
-
-
 def timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
     """Exactly `steps` distinct training indices in 0..T-1, descending (the order a sampler visits them).
 
@@ -109,21 +94,4 @@ def timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
     pass T-1 the request is impossible and a ValueError names the values; a different number of steps
     is never returned.
     """
-    _check_T(T)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise ValueError(f"steps: must be an integer, got {steps!r}")
-    steps = int(steps)
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps: must be in 1..T={T}, got {steps}")
-    if spacing == "uniform":
-        k = T // steps
-        raw = [i * k for i in range(steps)]
-    elif spacing == "quadratic":
-        raw = [int(v) for v in np.linspace(0, math.sqrt(0.8 * T), steps) ** 2]
-    elif spacing == "linspace":
-        raw = [int(v) for v in np.round(np.linspace(0, T - 1, steps))]
-    elif spacing == "trailing":
-        raw = sorted(int(v) - 1 for v in np.round(T - np.arange(steps) * (T / steps)))
-    else:
-        raise ValueError(f"spacing: unknown {spacing!r}; known: {', '.join(SPACINGS)}")
-    return torch.tensor(_resolve(raw, T, steps, spacing)[::-1], dtype=torch.long)
+    return torch.tensor(indices(T, steps, spacing), dtype=torch.long)

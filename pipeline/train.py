@@ -1,7 +1,7 @@
-"""Training the eps-prediction U-Net (Ho et al. 2020, Algorithm 1), and model checkpoints.
+"""Training the eps-prediction U-Net (Ho et al. 2020, Algorithm 1).
 
     train(cfg, model_cfg, diffusion, data_dir, out_dir, resume_dir) -> sidecar dict
-    load_checkpoint(path, device) -> (model, sidecar)      model(x [B,C,H,W], t LongTensor [B]) -> eps
+    fit(state, data, alpha_bar, cfg, device, stop=...) -> state          the pure core: train_step per update
 
 The loss is the "simple" objective E_{x0, t, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2
 with t uniform on {0, ..., T-1} (Ho et al. eq. 14), optimised with AdamW, a linear
@@ -19,8 +19,8 @@ number is the RNG state.
 
 Outputs (out_dir): unet.safetensors (EMA weights) + unet.json (sidecar: kind, U-Net and
 diffusion config, step, EMA decay, data manifest checksum, versions, wall time, device),
-loss.csv, loss.png. Nothing is ever unpickled: weights and optimizer state are
-safetensors, everything else is JSON.
+loss.csv, loss.png. The file formats of the checkpoint and the resume state are
+pipeline.checkpoint's, which the sample stage reads without importing this module.
 
 `model_cfg.pretrained` imports a diffusers UNet2DModel (folder or hub id) instead of
 training; it is saved in the same format with kind `diffusers` and loads behind the
@@ -28,13 +28,9 @@ same `model(x, t) -> eps` call.
 """
 from __future__ import annotations
 
-from pipeline.errors import CheckpointError
-
 import copy
 import csv
 import io
-import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -46,46 +42,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import files, provenance
+from pipeline import console, files, provenance
+from pipeline.checkpoint import (KIND_DIFFUSERS, KIND_UNET, STATE_JSON, import_pretrained, load_state,
+                                 save_checkpoint, save_state)
 from pipeline.config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
-from pipeline.data import PreparedData, load_prepared, to_model
+from pipeline.data import PreparedData, load_prepared
+from pipeline.images import from_uint8
 from pipeline.unet import UNetConfig, build_unet, count_parameters, unet_config
 
-KIND_UNET = "ddbench-unet"
-KIND_DIFFUSERS = "diffusers"
-STATE_JSON = "state.json"
 EMA_RULE = "decay_k = min(ema_decay, (1 + k) / (10 + k)) at update k (k = 0, 1, ...)"
 # Training-config keys a resumed run must share with the run that wrote the state.
 RESUME_KEYS = ("seed", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay")
 
 
 
-# ---------------------------------------------------------------------------- validation
-
-
-def check_train_config(cfg: TrainConfig) -> None:
-    """Raise ConfigError naming the key for a training config that cannot work."""
-
-    def bad(key, allowed):
-        raise ConfigError(f"train.{key}: {getattr(cfg, key)!r} is not allowed; {allowed}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
-        bad("lr", "expected a number > 0")
-    for key, low in (("steps", 0), ("batch_size", 1), ("warmup_steps", 0), ("checkpoint_every", 1),
-                     ("log_every", 1), ("num_workers", 0)):
-        if not is_int(getattr(cfg, key)) or getattr(cfg, key) < low:
-            bad(key, f"expected an integer >= {low}")
-    if not is_int(cfg.seed) or cfg.seed < 0:
-        bad("seed", "expected an integer >= 0")
-    if not (isinstance(cfg.weight_decay, (int, float)) and cfg.weight_decay >= 0):
-        bad("weight_decay", "expected a number >= 0")
-    if not (isinstance(cfg.grad_clip, (int, float)) and cfg.grad_clip >= 0):
-        bad("grad_clip", "expected a number >= 0 (0 = no clipping)")
-    if not (isinstance(cfg.ema_decay, (int, float)) and 0 <= cfg.ema_decay < 1):
-        bad("ema_decay", "expected a number in [0, 1)")
+# ---------------------------------------------------------------------------- the model for the data
 
 
 def model_config_for(model_cfg: ModelConfig, shape: tuple) -> UNetConfig:
@@ -171,7 +142,7 @@ def train_step(state: TrainState, forward: Callable, data: torch.Tensor, alpha_b
     k = state.step
     idx = batch_indices(cfg.seed, k, cfg.batch_size, len(data))
     x0 = data[idx.to(data.device)]
-    x0 = to_model(x0) if x0.dtype == torch.uint8 else x0.float()
+    x0 = from_uint8(x0) if x0.dtype == torch.uint8 else x0.float()
     g = torch.Generator().manual_seed(derived_seed(cfg.seed, STREAM_NOISE, k))
     t = torch.randint(0, len(alpha_bar), (cfg.batch_size,), generator=g)
     eps = torch.randn(x0.shape, generator=g)  # drawn on the CPU: the same numbers on every device
@@ -224,7 +195,7 @@ def fit(state: TrainState, data: torch.Tensor, alpha_bar: torch.Tensor, cfg: Tra
     if device.startswith("cuda") and cfg.compile:
         forward = torch.compile(state.model)
     bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not progress or _quiet())
+               disable=not progress or console.quiet())
     t_run, t_log, n_log = time.perf_counter(), time.perf_counter(), 0
     wall0 = state.wall_s
     try:
@@ -244,7 +215,7 @@ def fit(state: TrainState, data: torch.Tensor, alpha_bar: torch.Tensor, cfg: Tra
                 state.log.append([state.step, mean, lr_at(state.step - 1, cfg), ips, state.wall_s])
                 state.window = [0.0, 0]
                 bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{ips:.0f}")
-                if bar.disable and progress and os.environ.get("DDBENCH_QUIET") != "1":  # logs get plain lines
+                if progress and console.log_lines():  # a log file gets plain lines instead of a bar
                     print(f"train: step {state.step}/{stop} loss {mean:.4f} {ips:.0f} img/s", flush=True)
                 t_log, n_log = now, 0
             if on_checkpoint is not None and (state.step % cfg.checkpoint_every == 0 or state.step == stop):
@@ -256,214 +227,6 @@ def fit(state: TrainState, data: torch.Tensor, alpha_bar: torch.Tensor, cfg: Tra
         bar.close()
     state.wall_s = wall0 + time.perf_counter() - t_run
     return state
-
-
-def _quiet() -> bool:
-    return os.environ.get("DDBENCH_QUIET") == "1" or not sys.stderr.isatty()
-
-
-# ---------------------------------------------------------------------------- resume state (safetensors + JSON)
-
-
-def _state_tensors(state: TrainState) -> tuple[dict, dict]:
-    """Flatten the state into tensors (safetensors) + JSON; no pickle anywhere."""
-    tensors = {f"model.{k}": v for k, v in state.model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in state.ema.state_dict().items()})
-    opt = state.optimizer.state_dict()
-    opt_scalars = {}
-    for idx, per_param in opt["state"].items():
-        for key, value in per_param.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value
-            else:
-                opt_scalars[f"{idx}.{key}"] = value
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    record = {"step": state.step, "log": state.log, "window": state.window, "wall_s": state.wall_s,
-              "resumed_from": state.resumed_from, "optim_param_groups": opt["param_groups"],
-              "optim_scalars": opt_scalars}
-    return tensors, record
-
-
-def save_state(state: TrainState, resume_dir: Path, identity: dict) -> Path:
-    """Write the state atomically: tensors to a new file, then state.json (the commit point) naming it.
-
-    A kill at any moment leaves either the previous complete state or the new one.
-    """
-    from safetensors.torch import save_file
-
-    resume_dir = Path(resume_dir)
-    tensors, record = _state_tensors(state)
-    weights = resume_dir / f"state-{state.step:09d}.safetensors"
-    with files.atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "kind": "ddbench-train-state"})
-    record.update(identity=identity, tensors=weights.name, tensors_sha256=files.sha256_file(weights))
-    files.write_json(resume_dir / STATE_JSON, record)
-    for old in resume_dir.glob("state-*.safetensors"):  # superseded states
-        if old.name != weights.name:
-            old.unlink(missing_ok=True)
-    return weights
-
-
-def load_state(state: TrainState, resume_dir: Path, identity: dict) -> bool:
-    """Load the state saved in `resume_dir` into `state` (in place). False when there is none."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    resume_dir = Path(resume_dir)
-    fix = f"delete {resume_dir} to start training afresh"
-    path = resume_dir / STATE_JSON
-    if not path.is_file():
-        return False
-    try:
-        record = files.read_json(path)
-        weights = resume_dir / record["tensors"]
-    except (ValueError, KeyError, OSError) as e:
-        raise CheckpointError(f"resume state {path} is unreadable ({e}); {fix}") from e
-    diffs = {k: (record.get("identity", {}).get(k), v) for k, v in identity.items()
-             if record.get("identity", {}).get(k) != v}
-    if diffs:
-        lines = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diffs.items())
-        raise ConfigError(f"resume state in {resume_dir} was made with a different setup ({lines}); "
-                          f"restore the config or {fix}")
-    if not weights.is_file() or files.sha256_file(weights) != record.get("tensors_sha256"):
-        raise CheckpointError(f"resume state {weights} is missing or does not match its checksum in {path}; {fix}")
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"resume state {weights} cannot be read ({e}); {fix}") from e
-
-    def part(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    try:
-        state.model.load_state_dict(part("model."))
-        state.ema.load_state_dict(part("ema."))
-        per_param: dict = {}
-        for key, value in part("optim.").items():
-            idx, name = key.split(".", 1)
-            per_param.setdefault(int(idx), {})[name] = value
-        for key, value in record["optim_scalars"].items():
-            idx, name = key.split(".", 1)
-            per_param.setdefault(int(idx), {})[name] = value
-        state.optimizer.load_state_dict({"state": per_param, "param_groups": record["optim_param_groups"]})
-    except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"resume state {weights} does not fit the model ({e}); {fix}") from e
-    state.step = int(record["step"])
-    state.log = [list(r) for r in record["log"]]
-    state.window = list(record["window"])
-    state.wall_s = float(record["wall_s"])
-    state.resumed_from = list(record.get("resumed_from", [])) + [state.step]
-    return True
-
-
-# ---------------------------------------------------------------------------- checkpoints (the stage's output)
-
-
-def save_checkpoint(model: nn.Module, path: str | os.PathLike, sidecar: dict) -> dict:
-    """Weights -> path (.safetensors), then sidecar (with the weights' sha256) -> path.with_suffix('.json')."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with files.atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "kind": sidecar["kind"]})
-    sidecar = {**sidecar, "weights_sha256": files.sha256_file(path), "weights_file": path.name}
-    files.write_json(path.with_suffix(".json"), sidecar)
-    return sidecar
-
-
-class DiffusersEps(nn.Module):
-    """A diffusers UNet2DModel behind the ddbench call: model(x, t) -> eps (its `.sample`)."""
-
-    def __init__(self, unet: nn.Module):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.unet(x, t).sample
-
-
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild a saved eps model in eval mode on `device`: (model, sidecar); `model(x, t) -> eps` for both kinds.
-
-    path: the .safetensors file (or the folder holding unet.safetensors); its sidecar is the same name with .json.
-    """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "unet.safetensors"
-    sidecar_path = path.with_suffix(".json")
-    fix = "rerun the train stage (python -m pipeline train ...) to write it again"
-    missing = [str(p) for p in (path, sidecar_path) if not p.is_file()]
-    if missing:
-        raise CheckpointError(f"checkpoint files not found: {missing}; {fix}")
-    try:
-        sidecar = files.read_json(sidecar_path)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint sidecar {sidecar_path} is not valid JSON ({e}); {fix}") from e
-    expected = sidecar.get("weights_sha256")
-    if expected is not None and files.sha256_file(path) != expected:
-        raise CheckpointError(f"checkpoint {path} does not match the weights_sha256 in {sidecar_path} "
-                              f"(corrupt or from another run); {fix}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file ({e}); {fix}") from e
-
-    kind = sidecar.get("kind")
-    try:
-        if kind == KIND_UNET:
-            model = build_unet(UNetConfig.from_dict(sidecar["unet"]))
-        elif kind == KIND_DIFFUSERS:
-            model = DiffusersEps(_diffusers_unet_class().from_config(sidecar["diffusers_config"]))
-            tensors = {f"unet.{k}": v for k, v in tensors.items()}
-        else:
-            raise CheckpointError(f"checkpoint sidecar {sidecar_path}: unknown kind {kind!r}; "
-                                  f"expected {KIND_UNET!r} or {KIND_DIFFUSERS!r}; {fix}")
-        model.load_state_dict(tensors)
-    except (KeyError, RuntimeError, ConfigError) as e:
-        raise CheckpointError(f"checkpoint {path} does not match the model its sidecar describes ({e}); {fix}") from e
-    return model.to(device).eval(), sidecar
-
-
-# ---------------------------------------------------------------------------- diffusers import
-
-
-def _diffusers_unet_class():
-    try:
-        from diffusers import UNet2DModel
-    except ImportError as e:
-        raise ConfigError("model.pretrained: importing a diffusers UNet2DModel needs the diffusers package "
-                          "(pip install diffusers)") from e
-    return UNet2DModel
-
-
-def import_pretrained(source: str) -> nn.Module:
-    """A diffusers UNet2DModel from a local folder (its own or a pipeline's unet/) or a hub id."""
-    cls = _diffusers_unet_class()
-    local = Path(source).expanduser()
-    if local.exists():
-        if (local / "config.json").is_file():
-            subfolder = None
-        elif (local / "unet" / "config.json").is_file():
-            subfolder = "unet"
-        else:
-            raise ConfigError(f"model.pretrained: {local} holds neither config.json nor unet/config.json "
-                              "(a diffusers UNet2DModel or pipeline folder, from save_pretrained)")
-        try:
-            return cls.from_pretrained(str(local), subfolder=subfolder)
-        except (OSError, ValueError, RuntimeError) as e:
-            raise ConfigError(f"model.pretrained: {local} cannot be loaded as a UNet2DModel ({e})") from e
-    errors = []
-    for subfolder in (None, "unet"):  # a bare UNet2DModel repo, or a pipeline repo with unet/
-        try:
-            return cls.from_pretrained(source, subfolder=subfolder)
-        except (OSError, ValueError) as e:
-            errors.append(f"{subfolder or '.'}: {e}")
-    raise ConfigError(f"model.pretrained: {source!r} is no local folder, and loading it as a hub id failed "
-                      f"(no network, or not a UNet2DModel repo): {' | '.join(errors)}")
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -512,7 +275,6 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
     Resumes from `resume_dir` when it holds a state of the same setup. Returns the sidecar record.
     Every config check runs before any compute.
     """
-    check_train_config(cfg)
     out_dir, resume_dir, data_dir = Path(out_dir), Path(resume_dir), Path(data_dir)
     data = load_prepared(data_dir)
     shape = data.shape

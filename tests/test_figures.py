@@ -110,3 +110,23 @@ def test_missing_runs_column_is_an_error(tmp_path):
     runs_frame().drop(columns=["nfe"]).to_csv(tmp_path / "runs.csv", index=False)
     with pytest.raises(ValueError, match="nfe"):
         figures.run(tmp_path / "runs.csv", {}, tmp_path / "out")
+
+
+def test_skipped_figures_are_said_on_stderr(tmp_path, drawn, capsys):
+    _, _, mosaic = drawn
+    points = {p: path for (d, p), path in mosaic.items() if d == "gaussian"}
+    assert figures.mosaic_figure("gaussian", points, runs_frame(), 4, tmp_path / "mosaic-gaussian") == []
+    frame = runs_frame().assign(fid=float("nan"))
+    assert figures.curve_figure(frame[frame.dataset == "mnist"], "fid_vs_nfe", tmp_path / "fid_vs_nfe-mnist") == []
+    err = capsys.readouterr().err
+    assert "figures: mosaic gaussian: samples are float32, not uint8 images; no mosaic" in err
+    assert "figures: fid_vs_nfe-mnist: no finite FID, no figure" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_samples_npz_without_the_samples_array_is_an_error(tmp_path):
+    with atomic_path(tmp_path / "samples.npz") as tmp:
+        np.savez_compressed(tmp, images=np.zeros((2, 1, 4, 4), dtype=np.uint8))
+    with pytest.raises(ValueError, match="no array 'samples' among"):
+        figures.read_first_images(tmp_path / "samples.npz", 1)
+

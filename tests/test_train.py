@@ -1,5 +1,5 @@
-"""pipeline.train: the loss goes down, a killed run resumes to the same weights, checkpoints round-trip,
-corrupt checkpoints and bad configs fail clearly, and an imported diffusers UNet2DModel gives its own eps."""
+"""pipeline.train: the loss goes down, a killed run resumes to the same weights, bad configs fail clearly,
+and an imported diffusers UNet2DModel gives its own eps (checkpoint files themselves: test_checkpoint.py)."""
 from dataclasses import replace
 from pathlib import Path
 
@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import ConfigError, DatasetConfig, DiffusionConfig, ModelConfig, TrainConfig
+from pipeline.config import ConfigError, DatasetConfig, DiffusionConfig, ModelConfig, TrainConfig, make
 from pipeline.data import prepare
-from pipeline.train import CheckpointError, batch_indices, load_checkpoint, save_checkpoint, train
-from pipeline.unet import build_unet, unet_config
+from pipeline.checkpoint import load_checkpoint
+from pipeline.train import batch_indices, train
 
 # A small U-Net on 8x8 grey images: same code paths as the presets (attention, dropout, resampling).
-MODEL = ModelConfig(preset="tiny", overrides={"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
-                                              "attn_resolutions": [4], "num_groups": 8, "dropout": 0.1})
-DIFFUSION = DiffusionConfig(T=100)
-CFG = TrainConfig(steps=8, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_every=3, log_every=2,
-                  ema_decay=0.9, device="cpu", seed=1)
+MODEL = make(ModelConfig, preset="tiny", overrides={"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
+                                                    "attn_resolutions": [4], "num_groups": 8, "dropout": 0.1})
+DIFFUSION = make(DiffusionConfig, T=100)
+CFG = make(TrainConfig, steps=8, batch_size=8, lr=2e-3, warmup_steps=2, checkpoint_every=3, log_every=2,
+           ema_decay=0.9, device="cpu", seed=1)
 
 
 
@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory) -> Path:
         r, c = 4 * ((i // 2) % 2), 4 * (i % 2)
         x[i, r:r + 4, c:c + 4] = 255
     np.savez(root / "squares.npz", x_train=x, y_train=np.arange(64) % 4)
-    prepare(DatasetConfig(name="squares", source="npz", root=str(root / "squares.npz")), root / "prepared")
+    prepare(make(DatasetConfig, name="squares", source="npz", root=str(root / "squares.npz")), root / "prepared")
     return root / "prepared"
 
 
@@ -94,43 +94,9 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(data_dir
         train(replace(CFG, lr=1e-3), MODEL, DIFFUSION, data_dir, tmp_path / "run", tmp_path / "run-resume")
 
 
-def test_checkpoint_round_trip_gives_the_same_eps(tmp_path):
-    ucfg = unet_config("tiny", MODEL.overrides, in_channels=1, image_size=8)
-    model = build_unet(ucfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    side = save_checkpoint(model, tmp_path / "unet.safetensors", {"kind": "ddbench-unet", "unet": ucfg.to_dict()})
-    loaded, side2 = load_checkpoint(tmp_path / "unet.safetensors", "cpu")
-    assert side2 == side and not loaded.training
-    x, t = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
-    with torch.no_grad():
-        assert torch.equal(loaded(x, t), model(x, t))
-    assert load_checkpoint(tmp_path, "cpu")[1] == side  # the folder works too
-
-
-def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
-    ucfg = unet_config("tiny", MODEL.overrides, in_channels=1, image_size=8)
-    path = tmp_path / "unet.safetensors"
-    save_checkpoint(build_unet(ucfg), path, {"kind": "ddbench-unet", "unet": ucfg.to_dict()})
-    blob = bytearray(path.read_bytes())
-    blob[-5] ^= 0xFF  # one flipped bit in the weights
-    path.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match="weights_sha256"):
-        load_checkpoint(path, "cpu")
-    path.write_bytes(b"garbage, not safetensors")
-    side = path.with_suffix(".json")
-    side.write_text(side.read_text().replace('"weights_sha256"', '"old_sha256"'))
-    with pytest.raises(CheckpointError, match="not a readable safetensors"):
-        load_checkpoint(path, "cpu")
-    with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "nothing.safetensors", "cpu")
-
-
 @pytest.mark.parametrize("cfg,model,match", [
-    (replace(CFG, lr=0.0), MODEL, "train.lr"),
-    (replace(CFG, batch_size=0), MODEL, "train.batch_size"),
-    (CFG, ModelConfig(preset="huge"), "model.preset"),
+    # bad train.* values never get here: the schema refuses them at load (tests/test_config.py)
+    (CFG, replace(MODEL, preset="huge"), "model.preset"),
     (CFG, replace(MODEL, overrides={**MODEL.overrides, "in_channels": 3}), "model.overrides.in_channels"),
 ])
 def test_bad_config_fails_before_training(data_dir, tmp_path, cfg, model, match):
@@ -148,7 +114,7 @@ def test_imported_diffusers_unet_gives_the_diffusers_eps(data_dir, tmp_path):
         norm_num_groups=4, attention_head_dim=8,
     ).eval()
     unet.save_pretrained(tmp_path / "hf")
-    side = train(CFG, ModelConfig(pretrained=str(tmp_path / "hf")), DIFFUSION, data_dir, tmp_path / "out",
+    side = train(CFG, make(ModelConfig, pretrained=str(tmp_path / "hf")), DIFFUSION, data_dir, tmp_path / "out",
                  tmp_path / "resume")
     assert side["kind"] == "diffusers" and side["diffusers_config"]["block_out_channels"] == [8, 16]
     assert (tmp_path / "out" / "loss.csv").read_text().strip() == "step,loss,lr,images_per_s,wall_s"
@@ -161,6 +127,6 @@ def test_imported_diffusers_unet_gives_the_diffusers_eps(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="in_channels"):  # 1-channel model, 3-channel data
         rgb = tmp_path / "rgb.npz"
         np.savez(rgb, x_train=np.zeros((4, 8, 8, 3), np.uint8), y_train=np.zeros(4, np.int64))
-        prepare(DatasetConfig(name="rgb", source="npz", root=str(rgb)), tmp_path / "rgb")
-        train(CFG, ModelConfig(pretrained=str(tmp_path / "hf")), DIFFUSION, tmp_path / "rgb", tmp_path / "o2",
+        prepare(make(DatasetConfig, name="rgb", source="npz", root=str(rgb)), tmp_path / "rgb")
+        train(CFG, make(ModelConfig, pretrained=str(tmp_path / "hf")), DIFFUSION, tmp_path / "rgb", tmp_path / "o2",
               tmp_path / "r2")

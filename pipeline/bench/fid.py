@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline import classifier, fid, files, provenance
-from pipeline.config import FIDConfig
+from pipeline.config import FIDConfig, make
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
 PROJECT_N = (1000, 10000)
@@ -91,7 +91,7 @@ def bench_space(features: str, n: int, batch: int, shape: tuple, device: str, we
     feats = fid.extract_features(x[batch:], features, weights, device=device, batch_size=batch)
     _sync(device)
     dt = time.perf_counter() - t0
-    cfg = FIDConfig()
+    cfg = make(FIDConfig)
     return {"features": features, "extractor": name, "dim": int(feats.shape[1]), "image": "x".join(map(str, shape)),
             "timed": n, "img_per_s": n / dt, "metric_s": {N: _metric_seconds(int(feats.shape[1]), N, cfg) for N in PROJECT_N}}
 

@@ -18,37 +18,62 @@ callback: called after every step with {"i", "t", "t_next", "x"}.
   counting).
 
 To add a sampler: write the function in a module of this package and add one `register(...)` line
-below with its NFE formula.
+below with its NFE formula. The registry itself is torch-free: an entry names its function by dotted
+path ("pipeline.samplers.ddim:ddim"), imported on first use, so config validation (the names, NFE and
+eta of every grid point) never imports torch or the implementations.
 """
 from __future__ import annotations
 
+import importlib
 import numbers
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing the registry must not import torch
+    import torch
 
-from pipeline.samplers.common import NonFiniteError
-from pipeline.samplers.ddim import ddim
-from pipeline.samplers.ddpm import ddpm, ddpm_large
-from pipeline.samplers.dpm_solver import dpm_solver_pp
-from pipeline.samplers.pndm import f_pndm, fon, plms, pndm_prk, s_pndm
-from pipeline.schedules import NoiseSchedule, timesteps
+    from pipeline.schedules import NoiseSchedule
 
-__all__ = ["SAMPLERS", "NonFiniteError", "nfe", "register", "sample", "takes_eta"]
+from pipeline.errors import NonFiniteError
 
-SAMPLERS: dict[str, Callable] = {}
-_NFE: dict[str, Callable[[int], int]] = {}
-_TAKES_ETA: set[str] = set()
+__all__ = ["SAMPLERS", "NonFiniteError", "Sampler", "nfe", "register", "sample", "takes_eta"]
 
 
-def register(name: str, fn: Callable, nfe: Callable[[int], int], *, takes_eta: bool = False) -> None:
-    """Add a sampler under `name`; `nfe(steps)` must be the exact number of eps_fn calls."""
+@dataclass(frozen=True)
+class Sampler:
+    """One registry entry. `target` is the function or its dotted path "package.module:function"."""
+
+    name: str
+    target: Union[str, Callable]
+    nfe: Callable[[int], int]
+    takes_eta: bool
+
+    @property
+    def fn(self) -> Callable:
+        """The sampler function (its module is imported on first use)."""
+        if callable(self.target):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+SAMPLERS: dict[str, Sampler] = {}  # name -> entry, in registration order (the order tables list them)
+
+
+def register(name: str, fn: Union[str, Callable], nfe: Callable[[int], int], *, takes_eta: bool = False) -> None:
+    """Add a sampler under `name`; `fn` is the function or "module:function"; `nfe(steps)` must be the
+    exact number of eps_fn calls."""
+    if not isinstance(name, str) or not name or name == "all":  # `samplers: all` in params.yaml means every one
+        raise ValueError(f"sampler name: expected a non-empty string other than 'all', got {name!r}")
     if name in SAMPLERS:
         raise ValueError(f"sampler {name!r} is already registered")
-    SAMPLERS[name] = fn
-    _NFE[name] = nfe
-    if takes_eta:
-        _TAKES_ETA.add(name)
+    if isinstance(fn, str) and (fn.count(":") != 1 or not all(fn.split(":"))):
+        raise ValueError(f"sampler {name!r}: fn {fn!r} must be a callable or 'package.module:function'")
+    if not isinstance(fn, str) and not callable(fn):
+        raise ValueError(f"sampler {name!r}: fn must be a callable or 'package.module:function', got {type(fn).__name__}")
+    if not callable(nfe):
+        raise ValueError(f"sampler {name!r}: nfe must be a function steps -> number of eps_fn calls")
+    SAMPLERS[name] = Sampler(name, fn, nfe, bool(takes_eta))
 
 
 def _rk_warmup(steps: int) -> int:
@@ -56,15 +81,15 @@ def _rk_warmup(steps: int) -> int:
     return 4 * min(steps, 3) + max(steps - 3, 0)
 
 
-register("ddpm", ddpm, lambda s: s)
-register("ddpm-large", ddpm_large, lambda s: s)
-register("ddim", ddim, lambda s: s, takes_eta=True)
-register("pndm-prk", pndm_prk, lambda s: 4 * s)
-register("s-pndm", s_pndm, lambda s: s + 1)
-register("f-pndm", f_pndm, _rk_warmup)
-register("fon", fon, _rk_warmup)
-register("plms", plms, lambda s: s + 1)
-register("dpm-solver++", dpm_solver_pp, lambda s: s)
+register("ddpm", "pipeline.samplers.ddpm:ddpm", lambda s: s)
+register("ddpm-large", "pipeline.samplers.ddpm:ddpm_large", lambda s: s)
+register("ddim", "pipeline.samplers.ddim:ddim", lambda s: s, takes_eta=True)
+register("pndm-prk", "pipeline.samplers.pndm:pndm_prk", lambda s: 4 * s)
+register("s-pndm", "pipeline.samplers.pndm:s_pndm", lambda s: s + 1)
+register("f-pndm", "pipeline.samplers.pndm:f_pndm", _rk_warmup)
+register("fon", "pipeline.samplers.pndm:fon", _rk_warmup)
+register("plms", "pipeline.samplers.pndm:plms", lambda s: s + 1)
+register("dpm-solver++", "pipeline.samplers.dpm_solver:dpm_solver_pp", lambda s: s)
 
 
 def _check_name(name: str) -> None:
@@ -84,12 +109,12 @@ def _check_steps(steps, T: Optional[int] = None) -> int:
 def nfe(name: str, steps: int) -> int:
     """The exact number of eps_fn calls `sample(name, ..., steps)` makes."""
     _check_name(name)
-    return _NFE[name](_check_steps(steps))
+    return SAMPLERS[name].nfe(_check_steps(steps))
 
 
 def takes_eta(name: str) -> bool:
     _check_name(name)
-    return name in _TAKES_ETA
+    return SAMPLERS[name].takes_eta
 
 
 def sample(
@@ -108,10 +133,14 @@ def sample(
 
     Inputs are checked before any model call; a NaN/inf appearing mid-run raises NonFiniteError.
     """
+    import torch
+
+    from pipeline.schedules import timesteps
+
     _check_name(name)
     steps = _check_steps(steps, schedule.T)
     if eta is not None:
-        if name not in _TAKES_ETA:
+        if not SAMPLERS[name].takes_eta:
             raise ValueError(f"eta: sampler {name!r} has no eta parameter (got eta={eta!r}); pass eta=None")
         if isinstance(eta, bool) or not isinstance(eta, numbers.Real) or not (0.0 <= eta <= 1.0):
             raise ValueError(f"eta: must be a number in [0, 1], got {eta!r}")
@@ -128,11 +157,13 @@ def sample(
             )
         generator = gens
     ts = timesteps(schedule.T, steps, spacing)
-    kwargs = {"eta": 0.0 if eta is None else float(eta)} if name in _TAKES_ETA else {}
-    return SAMPLERS[name](eps_fn, x_T, schedule, ts, generator=generator, callback=callback, **kwargs)
+    kwargs = {"eta": 0.0 if eta is None else float(eta)} if SAMPLERS[name].takes_eta else {}
+    return SAMPLERS[name].fn(eps_fn, x_T, schedule, ts, generator=generator, callback=callback, **kwargs)
 
 
 def _describe(x) -> str:
+    import torch
+
     if torch.is_tensor(x):
         return f"tensor of dtype {x.dtype} and shape {tuple(x.shape)}"
     return type(x).__name__

@@ -1,0 +1,101 @@
+"""The sampler vocabulary of every table, claim and figure, in one place.
+
+- Sampler order: the rows of the papers' tables (DDIM, then DDPM's sigma-hat, then the
+  PNDM paper's methods), used to sort runs.csv, tables, figure legends and mosaics.
+- Series: one sampler setting, keyed `(sampler, eta or None)`; `series_label` is its
+  plain-text name ("ddim η=0", "f-pndm").
+- Text pieces of captions and titles: N, seeds and devices of a group of runs (columns
+  of the tidy runs frame, `pipeline.records.RUN_COLUMNS`).
+- `Flavor`: the Markdown or LaTeX spelling of symbols (η, σ̂), code and numbers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+SIGMA_HAT = "ddpm-large"  # DDIM Table 1's sigma-hat row: DDPM with the larger variance
+# PNDM layout, rows in this order; ddim is the deterministic eta = 0 sampler of that paper.
+PNDM_ROWS = ("ddim", "s-pndm", "f-pndm", "fon", "pndm-prk", "plms", "dpm-solver++", "ddpm")
+SAMPLER_ORDER = ("ddim", SIGMA_HAT) + PNDM_ROWS[1:]
+
+SeriesKey = tuple  # (sampler, eta or None)
+
+
+def sampler_rank(name: str) -> int:
+    """Position in SAMPLER_ORDER; samplers it does not name come after, in name order (by the caller)."""
+    return SAMPLER_ORDER.index(name) if name in SAMPLER_ORDER else len(SAMPLER_ORDER)
+
+
+def series_key(sampler: str, eta) -> SeriesKey:
+    """(sampler, eta rounded to 6 digits), eta None for NaN/None: equal settings, equal keys."""
+    eta = None if eta is None or (isinstance(eta, float) and math.isnan(eta)) else round(float(eta), 6)
+    return (sampler, eta)
+
+
+def series_label(sampler: str, eta=None) -> str:
+    """Plain-text name of a sampler setting: "ddim η=0", "f-pndm" (figures, claims, metrics.json)."""
+    _, eta = series_key(sampler, eta)
+    return sampler if eta is None else f"{sampler} η={eta:g}"
+
+
+def series_sort_key(key: SeriesKey) -> tuple:
+    """Sampler order, then sampler name, then eta (settings without eta first)."""
+    sampler, eta = key
+    return (sampler_rank(sampler), sampler, -1 if eta is None else eta)
+
+
+def sorted_series(keys: Iterable[SeriesKey]) -> list[SeriesKey]:
+    """Distinct series keys in table order."""
+    return sorted(set(keys), key=series_sort_key)
+
+
+# --- text pieces of captions and titles ------------------------------------------------------
+
+def n_text(n: pd.Series, *, per_point: bool = True) -> str:
+    """The images per grid point of a group of runs: "N = 64 images per point", a range when
+    it varies; `per_point=False` gives the short form of figure titles ("N = 64")."""
+    vals = sorted(set(int(v) for v in n))
+    if not vals:
+        return "N = –"
+    if len(vals) == 1:
+        return f"N = {vals[0]:,}" + (" images per point" if per_point else "")
+    return f"N = {vals[0]:,}–{vals[-1]:,}" + (" images per point (varies; see runs.csv)" if per_point else "")
+
+
+def seeds_text(g: pd.DataFrame) -> str:
+    seeds = sorted(set(g["seeds"].astype(str)))
+    return "seeds " + (seeds[0] if len(seeds) == 1 else f"{seeds[0]} ... {seeds[-1]} (varies)")
+
+
+def devices_text(g: pd.DataFrame) -> str:
+    return "; ".join(sorted(set(g["device_name"].astype(str))))
+
+
+class Flavor:
+    """Markdown or LaTeX spelling of the symbols and text pieces of tables and captions."""
+
+    def __init__(self, tex: bool):
+        self.tex = tex
+        self.eta = r"$\eta$" if tex else "η"
+        self.sigma_hat = r"$\hat{\sigma}$" if tex else "σ̂"
+        self.dash = "--" if tex else "–"
+        self.nfe_row = r"\quad NFE" if tex else "↳ NFE"
+
+    def esc(self, s: str) -> str:
+        if not self.tex:
+            return s
+        repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "<": r"\textless{}", ">": r"\textgreater{}"}
+        return "".join(repl.get(c, c) for c in s)
+
+    def code(self, s: str) -> str:
+        return rf"\texttt{{{self.esc(s)}}}" if self.tex else f"`{s}`"
+
+    def num(self, x, digits: int = 2) -> str:
+        return self.dash if x is None or pd.isna(x) else f"{x:.{digits}f}"
+
+    def integer(self, x) -> str:
+        return self.dash if x is None or pd.isna(x) else f"{int(x)}"

@@ -1,0 +1,43 @@
+"""pipeline.features: the feature-space registry, its entries, and the checks made on registration."""
+from dataclasses import replace
+
+import pytest
+
+from pipeline import classifier, features
+from pipeline.errors import FIDError
+from pipeline.features import FEATURE_SPACES, FeatureSpace, ImageSet, feature_space, register
+
+
+def test_the_registered_spaces():
+    assert list(FEATURE_SPACES) == ["inception", "classifier", "exact"]
+    assert [n for n, s in FEATURE_SPACES.items() if s.comparable_to_papers] == ["inception"]
+    assert features.spaces_for("images") == ["inception", "classifier"] and features.spaces_for("gaussian") == ["exact"]
+    inception = feature_space("inception")
+    assert (inception.extractor, inception.layer, inception.dim) == ("inception-v3-compat", "2048", 2048)
+    assert feature_space("classifier").extractor == classifier.EXTRACTOR_NAME
+    exact = feature_space("exact")
+    assert exact.closed_form is not None and exact.layer is None and exact.weights is None
+
+
+def test_unknown_space_lists_the_known_ones():
+    with pytest.raises(FIDError, match=r"'dino' is not a feature space; known: \['inception', 'classifier', 'exact'\]"):
+        feature_space("dino")
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"name": "inception"}, "already registered"),
+    ({"name": " x"}, "outer spaces"),
+    ({"data": "audio"}, "data 'audio'"),
+    ({"extractor": "no-such-net"}, "not a torch-fidelity feature extractor"),
+    ({"layer": "4096"}, "has no layer '4096'"),
+    ({"layer": None}, "exactly one of layer"),
+    ({"closed_form": lambda x, m: (0.0, {}, "")}, "exactly one of layer"),
+    ({"dim": 0}, "dim 0"),
+    ({"comparable_to_papers": "yes"}, "comparable_to_papers"),
+])
+def test_registration_refuses_an_entry_that_cannot_work(change, match):
+    good = FeatureSpace("new-space", data="images", adapt=ImageSet, comparable_to_papers=False,
+                        extractor="inception-v3-compat", layer="768")
+    with pytest.raises(ValueError, match=match):
+        register(replace(good, **change))
+    assert "new-space" not in FEATURE_SPACES
