@@ -6,14 +6,16 @@ one folder (`results/<preset>/tables`):
 
 - `runs.csv`: one tidy row per (dataset, grid point, feature space) (pipeline.records).
 - `ddim_table1-<D>-<F>-<spacing>.{md,tex}` and `pndm-<D>-<F>-<spacing>.{md,tex}`: the
-  DDIM Table 1 and PNDM layouts, published CIFAR-10 numbers beside ours where they are
-  comparable (pipeline.tables).
+  DDIM Table 1 and PNDM layouts, FID with its interval; published CIFAR-10 numbers beside
+  ours where they are comparable by provenance, else as context (pipeline.tables).
 - `claims.{md,csv,tex}`: each speed-quality claim of the papers with a verdict on our
-  numbers, as the paper compares (given steps) and at equal NFE (pipeline.claims).
+  numbers decided by paired intervals, as the paper compares and at equal NFE
+  (pipeline.claims; method in docs/claims.md).
 - `summary.md`: provenance (preset, device, torch, N, seeds) and an index of the files.
 
 `headline_metrics(frame)` is the content of `metrics.json` (`dvc metrics show/diff`): per
-data set, feature space and sampler setting, the best FID and where it was reached. The
+data set, feature space and sampler setting, the best FID (among its points at equal N) and
+where it was reached. The
 CLI (`pipeline aggregate`) writes it beside `records.jsonl`; per-point curves stay in runs.csv.
 """
 from __future__ import annotations
@@ -44,7 +46,8 @@ def _summary(frame: pd.DataFrame, checked: pd.DataFrame, written: list[Path], pr
             "N": uniq(g["n_images"]), "seeds": uniq(g["seeds"]), "spacings": uniq(g["spacing"]),
             "device": uniq(g["device_name"]), "torch": uniq(g["torch"]),
             "torch-fidelity": uniq(g["torch_fidelity"]), "reference N": uniq(g["ref_n"]),
-            "comparable to papers": "yes" if g["comparable_to_papers"].all() else "no",
+            "comparable to papers": "yes" if g["comparable_to_papers"].all() else
+            f"no ({tables.papers_reasons(g)})",
             "checkpoint sha256": uniq(str(v)[:12] for v in g["checkpoint_sha256"] if v),
         })
     counts = (checked.groupby(["dataset", "features", "spacing", "basis"], sort=False)["verdict"]
@@ -62,7 +65,8 @@ def _summary(frame: pd.DataFrame, checked: pd.DataFrame, written: list[Path], pr
         "sampling time on the device above (warm-up excluded).", "",
         "## Claims at a glance", "",
         counts.to_markdown(index=False, tablefmt="pipe", disable_numparse=True), "",
-        "Details and method (equal-NFE interpolation, noise rule): [`claims.md`](claims.md).", "",
+        "Verdicts are decided by paired intervals (Bonferroni within a claim); FIDs are compared only at "
+        "equal N, reference statistics and feature space. Details: [`claims.md`](claims.md).", "",
         "## Files", "", files, "",
         "## Published numbers cited", "", cites, "",
     ])
@@ -74,18 +78,21 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 
 def headline_metrics(frame: pd.DataFrame) -> dict:
-    """{dataset: {features: {series label: {"best_fid", "nfe", "steps", "spacing"}}}}: the lowest
-    FID of each sampler setting over its steps (and spacings) and the point where it was reached
-    (ties: fewest NFE). A setting without any finite FID gets nulls (`dvc metrics` skips them)."""
+    """{dataset: {features: {series label: {"best_fid", "nfe", "steps", "spacing", "n_images"}}}}: the
+    lowest FID of each sampler setting over its steps (and spacings) and the point where it was
+    reached (ties: fewest NFE). Like for like: FID is biased by N, so only the points at the
+    setting's largest N compete (`n_images`). A setting without any finite FID gets nulls
+    (`dvc metrics` skips them)."""
     out: dict = {}
     keys = frame.assign(_label=[series_label(s, e) for s, e in zip(frame["sampler"], frame["eta"])])
     for (dataset, features, label), g in keys.groupby(["dataset", "features", "_label"], sort=False):
-        best = g.dropna(subset=["fid"]).sort_values(["fid", "nfe", "steps"], kind="stable")
-        entry = {"best_fid": None, "nfe": None, "steps": None, "spacing": None}
+        best = g.dropna(subset=["fid"])
+        best = best[best["n_images"] == best["n_images"].max()].sort_values(["fid", "nfe", "steps"], kind="stable")
+        entry = {"best_fid": None, "nfe": None, "steps": None, "spacing": None, "n_images": None}
         if not best.empty:
             r = best.iloc[0]
             entry = {"best_fid": float(r["fid"]), "nfe": int(r["nfe"]), "steps": int(r["steps"]),
-                     "spacing": str(r["spacing"])}
+                     "spacing": str(r["spacing"]), "n_images": int(r["n_images"])}
         out.setdefault(dataset, {}).setdefault(features, {})[label] = entry
     return out
 

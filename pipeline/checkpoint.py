@@ -237,3 +237,37 @@ def load_state(state, resume_dir: Path, identity: dict) -> bool:
     state.wall_s = float(record["wall_s"])
     state.resumed_from = list(record.get("resumed_from", [])) + [state.step]
     return True
+
+
+# ---------------------------------------------------------------------------- shipped checkpoints
+
+
+def verify_shipped(path: str | os.PathLike, shape: tuple, diffusion: dict) -> tuple[Path, dict]:
+    """Check a shipped checkpoint (`model.checkpoint`) before it stands in for training:
+    the weights match the sidecar's sha256, and the model makes images of the data set's
+    shape [C, H, W] under the configured forward process. Returns (weights path, sidecar).
+    Any mismatch is a CheckpointError naming the file and the mismatch."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "unet.safetensors"
+    sidecar_path = path.with_suffix(".json")
+    for p in (path, sidecar_path):
+        if not p.is_file():
+            raise CheckpointError(f"model.checkpoint: {p} not found; a shipped checkpoint is a .safetensors "
+                                  f"file with its .json sidecar beside it")
+    try:
+        sidecar = files.read_json(sidecar_path)
+    except ValueError as e:
+        raise CheckpointError(f"model.checkpoint: sidecar {sidecar_path} is not valid JSON ({e})") from e
+    expected, actual = sidecar.get("weights_sha256"), files.sha256_file(path)
+    if expected != actual:
+        raise CheckpointError(f"model.checkpoint: {path} has sha256 {actual[:16]}..., its sidecar {sidecar_path} "
+                              f"says {str(expected)[:16]}...: the weights are corrupt or belong to another sidecar")
+    made = (sidecar.get("in_channels"), sidecar.get("image_size"), sidecar.get("image_size"))
+    if made != tuple(int(v) for v in shape):
+        raise CheckpointError(f"model.checkpoint: {path} makes images of shape {list(made)} (in_channels, "
+                              f"image_size), the data set's are {list(shape)}")
+    if sidecar.get("diffusion") not in (None, diffusion):
+        raise CheckpointError(f"model.checkpoint: {path} was trained with diffusion {sidecar.get('diffusion')}, "
+                              f"the configuration says {diffusion}")
+    return path, sidecar

@@ -45,8 +45,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
-from pipeline import papers
-from pipeline.labels import SIGMA_HAT, Flavor, SeriesKey, devices_text, n_text, seeds_text, series_label
+from pipeline import intervals, papers
+from pipeline.labels import Flavor, SeriesKey, devices_text, n_text, seeds_text, series_label, sigma_hat_key
 from pipeline.records import parse_replicates, published_runs, series_curves, table_groups
 
 # Family-wise level of one claim on one basis: each of its k pair intervals is taken at
@@ -72,7 +72,7 @@ CLAIM_COLUMNS = [
 # --- rules: a claim -> pairs of points ------------------------------------------------------
 
 DDIM0, DDIM1, FPNDM, SPNDM, DPMPP = ("ddim", 0.0), ("ddim", 1.0), ("f-pndm", None), ("s-pndm", None), ("dpm-solver++", None)
-SIGMA = (SIGMA_HAT, None)
+SIGMA = sigma_hat_key()  # DDIM Table 1's sigma-hat: ddpm-large with the official clip_x0 = true
 
 
 @dataclass(frozen=True)
@@ -300,8 +300,6 @@ def prejudge(better: Value, worse: Value) -> Optional[Pair]:
 
 def _paired(x: Value, y: Value, level: float) -> tuple:
     """(d, lo, hi, se) of FID(x) - FID(y) for two measured points."""
-    from pipeline import intervals  # TEMPORARY lazy import until pipeline/intervals.py lands
-
     return intervals.paired_difference(x.fid, np.asarray(x.replicates), y.fid, np.asarray(y.replicates), level=level)
 
 
@@ -358,8 +356,8 @@ def decide_all(values: Sequence[tuple]) -> tuple[list[Pair], float]:
     for (b, w), e in zip(values, early):
         if e is None:
             pairs.append(decide(b, w, level))
-        elif e.reason.startswith("N ") and b.features == w.features and b.ref_stats_id is not None \
-                and b.ref_stats_id == w.ref_stats_id:
+        elif (e.outcome == "not comparable" and e.reason.startswith("N ") and b.features == w.features
+              and b.ref_stats_id is not None and b.ref_stats_id == w.ref_stats_id):
             pairs.append(Pair(b, w, e.outcome, e.reason, kid=kid_evidence(b, w, level)))
         else:
             pairs.append(e)
@@ -404,7 +402,8 @@ def verdict_of(pairs: Sequence[Pair], needs: str = "") -> tuple[str, str]:
             parts.append(("inconclusive: " if not parts else "") + f"no interval: {notes}")
         return "inconclusive", "; ".join(parts) + tail
     if by["not comparable"]:
-        return "not comparable", "not comparable (" + "; ".join(dict.fromkeys(p.reason for p in by["not comparable"])) + ")"
+        reasons = "; ".join(dict.fromkeys(p.reason for p in by["not comparable"]))
+        return "not comparable", f"not comparable ({reasons})"
     if by["not measured"]:
         return "not measured", "not measured (" + "; ".join(dict.fromkeys(p.reason for p in by["not measured"])) + ")"
     return "not measured", f"not measured (needs {needs})" if needs else "not measured"
@@ -466,8 +465,8 @@ class ClaimResult:
 def _sides(cmp: Comparison, curves: dict, basis: str) -> tuple[Value, Value]:
     """The two values of a comparison on a basis: the anchor measured, the other side at the
     anchor's NFE (equal-NFE basis, or a claim stated in NFE) or at its own steps."""
-    anchor_key, anchor_steps = (cmp.better, cmp.better_steps) if cmp.anchor == "better" else (cmp.worse, cmp.worse_steps)
-    other_key, other_steps = (cmp.worse, cmp.worse_steps) if cmp.anchor == "better" else (cmp.better, cmp.better_steps)
+    better, worse = (cmp.better, cmp.better_steps), (cmp.worse, cmp.worse_steps)
+    (anchor_key, anchor_steps), (other_key, other_steps) = (better, worse) if cmp.anchor == "better" else (worse, better)
     anchor = _measured(curves, anchor_key, anchor_steps)
     if basis == "equal NFE" or cmp.at == "nfe":
         other = (value_at_nfe(curves, other_key, anchor.nfe) if not math.isnan(anchor.nfe)
@@ -477,12 +476,12 @@ def _sides(cmp: Comparison, curves: dict, basis: str) -> tuple[Value, Value]:
     return (anchor, other) if cmp.anchor == "better" else (other, anchor)
 
 
-def evaluate_claim(claim_id: str, curves: dict) -> dict[str, ClaimResult]:
-    """Both bases of one claim on one (dataset, features, spacing) group."""
+def evaluate_claim(claim_id: str, curves: dict, bases: Sequence[str] = BASES) -> dict[str, ClaimResult]:
+    """The bases (default both) of one claim on one (dataset, features, spacing) group."""
     rule, needs = CLAIM_RULES[claim_id]
     comps = rule(curves)
     out = {}
-    for basis in BASES:
+    for basis in bases:
         values = [_sides(cmp, curves, basis) for cmp in comps]
         if basis == "as claimed":
             # A paper's comparison needs the points it names; a pair we lack is not a result.

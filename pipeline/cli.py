@@ -17,7 +17,6 @@ from pathlib import Path
 from pipeline.config import Config, ConfigError, GridPoint
 
 STAGES = ("prepare-data", "train", "train-classifier", "ref-stats", "sample", "fid", "aggregate", "figures")
-POINT_RE = re.compile(r"^(?P<sampler>.+)-s(?P<steps>\d+)-(?P<spacing>uniform|quadratic|linspace|trailing)(?:-eta(?P<eta>[0-9.]+))?$")
 
 
 class _Tee:
@@ -44,11 +43,11 @@ class _Tee:
 
 
 def parse_point(name: str) -> GridPoint:
-    m = POINT_RE.match(name)
-    if not m:
-        raise ConfigError(f"--point {name!r}: expected <sampler>-s<steps>-<spacing>[-eta<eta>], e.g. ddim-s10-uniform-eta0")
-    eta = m["eta"]
-    return GridPoint(m["sampler"], int(m["steps"]), m["spacing"], None if eta is None else float(eta))
+    """A --point name -> its GridPoint; the sampler registry reads the name (samplers.parse_point_name)."""
+    try:
+        return GridPoint.parse(name)
+    except ConfigError as e:
+        raise ConfigError(f"--{e}") from None
 
 
 def _run_for(cfg: Config, dataset: str):
@@ -58,11 +57,15 @@ def _run_for(cfg: Config, dataset: str):
 
 
 def _point_in_grid(run, name: str) -> GridPoint:
-    point = parse_point(name)
     known = {p.name: p for p in run.points}
-    if name not in known:
-        raise ConfigError(f"--point {name!r}: not in the grid of dataset {run.dataset.name!r}; allowed: {sorted(known)}")
-    return known[name]
+    if name in known:
+        return known[name]
+    try:
+        parse_point(name)
+        why = ""
+    except ConfigError as e:
+        why = f" ({str(e).split(': ', 1)[-1]})"
+    raise ConfigError(f"--point {name!r}: not in the grid of dataset {run.dataset.name!r}{why}; allowed: {sorted(known)}")
 
 
 def _features_ok(run, features: str) -> None:

@@ -72,6 +72,7 @@ class ModelConfig:  # `model`
     preset: str
     overrides: dict
     pretrained: Optional[str]
+    checkpoint: Optional[str]  # a shipped ddbench checkpoint, used instead of training
 
 
 @dataclass(frozen=True)
@@ -133,17 +134,50 @@ class FIDConfig:  # `fid`
 
 @dataclass(frozen=True)
 class GridPoint:
-    """One sampler setting of the benchmark grid (a value, not a config section)."""
+    """One sampler setting of the benchmark grid (a value, not a config section).
+
+    options: ((name, value), ...), every keyword option of the sampler in its registry entry's order,
+    defaults filled in (pipeline.samplers `Option` specs), so equal settings are equal points however
+    they were written. `eta` is options["eta"] (None for samplers without one); passing eta= is the
+    same as passing it in options. A value the registry does not accept is kept as given, for the
+    sample stage to report. `name` spells the non-default options (samplers.point_name) and
+    `GridPoint.parse(name)` reads it back.
+    """
 
     sampler: str
     steps: int
     spacing: str = "uniform"
-    eta: Optional[float] = None  # only for samplers that take eta (ddim)
+    eta: Optional[float] = None
+    options: tuple = ()
+
+    def __post_init__(self):
+        from pipeline import samplers
+
+        given = dict(self.options)
+        if self.eta is not None:
+            if "eta" in given and given["eta"] != self.eta:
+                raise ConfigError(f"eta: given twice for {self.sampler}, eta={self.eta!r} and options eta={given['eta']!r}")
+            given["eta"] = self.eta
+        full = samplers.complete_options(self.sampler, given)
+        object.__setattr__(self, "options", tuple(full.items()))
+        object.__setattr__(self, "eta", full.get("eta"))
 
     @property
     def name(self) -> str:
-        base = f"{self.sampler}-s{self.steps}-{self.spacing}"
-        return base if self.eta is None else f"{base}-eta{self.eta:g}"
+        from pipeline import samplers
+
+        return samplers.point_name(self.sampler, self.steps, self.spacing, dict(self.options))
+
+    @classmethod
+    def parse(cls, name: str) -> "GridPoint":
+        """The point a name spells (the registry parses it); ConfigError naming what is expected."""
+        from pipeline import samplers
+
+        try:
+            sampler, steps, spacing, options = samplers.parse_point_name(name)
+        except ValueError as e:
+            raise ConfigError(f"point {name!r}: {e}") from None
+        return cls(sampler, steps, spacing, options=tuple(options.items()))
 
 
 @dataclass(frozen=True)
@@ -171,8 +205,8 @@ class Config:
     build_dir: Path  # <build_dir>/<preset>
     results_dir: Path  # <results_dir>/<preset>
     mosaic_seeds: int
-    ddim_table: dict  # steps, eta, sigma_hat, spacings (global grid, for table layout)
-    pndm_table: dict  # samplers (names, `all` resolved), steps, spacings
+    ddim_table: dict  # steps, eta, sigma_hat, spacings, options (global grid, for table layout)
+    pndm_table: dict  # samplers (names, `all` resolved), steps, spacings, options
     overlay_path: Optional[Path]
     # The merged YAML with the schema defaults filled in, kept only so the DAG can hand each
     # stage its own params slice (Snakemake `params:`); stages themselves never read it.
@@ -393,29 +427,83 @@ def _for_dataset(s: dict, doc: dict, name: str) -> dict:
     return _complete(s, view)
 
 
-def _points(grid: dict, T: int, key: str) -> tuple:
+# DDIM Table 1's sigma-hat row (`grid.ddim_table.sigma_hat`) as the official code runs it:
+# ermongroup/ddim `ddpm_steps` clamps the predicted x_0 to [-1, 1]. `grid.ddim_table.options.ddpm-large`
+# overrides it (the gaussian data set does: its data are not in [-1, 1]).
+SIGMA_HAT_OPTIONS = {"clip_x0": True}
+
+
+def _option_settings(table: str, rows: list, given: dict, where: str) -> dict:
+    """`grid.<table>.options` -> {sampler: [options dict, ...]}: each value checked against the
+    sampler's registry specs, each list a grid axis (their product, in declared order)."""
+    import itertools
+
+    from pipeline import samplers
+
+    out = {}
+    for sampler, opts in given.items():
+        key = f"grid.{table}.options.{sampler}"
+        if sampler not in samplers.SAMPLERS:
+            raise ConfigError(f"{key}{where}: unknown sampler {sampler!r}; known: {', '.join(samplers.SAMPLERS)}")
+        if sampler not in rows:
+            raise ConfigError(f"{key}{where}: {sampler!r} is not a row of this table; its rows: {', '.join(rows)}")
+        specs = {o.name: o for o in samplers.options_of(sampler)}
+        axes = []
+        for name, value in opts.items():
+            if name not in specs:
+                raise ConfigError(f"{key}.{name}{where}: sampler {sampler!r} has no option {name!r}; "
+                                  f"it {samplers.takes_text(sampler)}")
+            values = value if isinstance(value, list) else [value]
+            checked = []
+            for i, v in enumerate(values):
+                try:
+                    checked.append(specs[name].check(v))
+                except ValueError as e:
+                    item = f".{i}" if isinstance(value, list) else ""
+                    raise ConfigError(f"{key}.{name}{item}{where}: {v!r} is not allowed: {e}") from None
+            if len(set(checked)) != len(checked):
+                raise ConfigError(f"{key}.{name}{where}: {value!r} repeats a value")
+            axes.append([(name, v) for v in checked])
+        order = [o.name for o in samplers.options_of(sampler)]
+        axes.sort(key=lambda axis: order.index(axis[0][0]))
+        out[sampler] = [dict(combo) for combo in itertools.product(*axes)]
+    return out
+
+
+def _points(grid: dict, T: int, dataset: str) -> tuple:
     from pipeline import samplers, spacing
 
+    key, where = f"grid (dataset {dataset})", f" (dataset {dataset})"
     points: list[GridPoint] = []
     ddim_t = grid.get("ddim_table")  # absent: no DDIM table
     if ddim_t is not None:
+        rows = ["ddim"] + (["ddpm-large"] if ddim_t["sigma_hat"] else [])
+        given = ddim_t["options"]
+        if "eta" in given.get("ddim", {}):
+            raise ConfigError(f"grid.ddim_table.options.ddim.eta{where}: the table's eta rows are "
+                              "grid.ddim_table.eta; set them there")
+        settings = _option_settings("ddim_table", rows, given, where)
+        sigma_hat = [{**SIGMA_HAT_OPTIONS, **o} for o in settings.get("ddpm-large", [{}])]
         for sp in ddim_t["spacings"]:
             for steps in ddim_t["steps"]:
-                points += [GridPoint("ddim", steps, sp, float(eta)) for eta in ddim_t["eta"]]
+                points += [GridPoint("ddim", steps, sp, options=tuple({**o, "eta": float(eta)}.items()))
+                           for eta in ddim_t["eta"] for o in settings.get("ddim", [{}])]
                 if ddim_t["sigma_hat"]:
-                    points.append(GridPoint("ddpm-large", steps, sp))
+                    points += [GridPoint("ddpm-large", steps, sp, options=tuple(o.items())) for o in sigma_hat]
     pndm_t = grid.get("pndm_table")  # absent: no PNDM table
     if pndm_t is not None:
+        # ddim in the PNDM table is the deterministic (eta = 0, its default) sampler of that paper.
+        settings = _option_settings("pndm_table", pndm_t["samplers"], pndm_t["options"], where)
         for sp in pndm_t["spacings"]:
             for sampler in pndm_t["samplers"]:
-                # ddim in the PNDM table is the deterministic (eta = 0) sampler of that paper.
-                eta = 0.0 if samplers.takes_eta(sampler) else None
-                points += [GridPoint(sampler, steps, sp, eta) for steps in pndm_t["steps"]]
+                points += [GridPoint(sampler, steps, sp, options=tuple(o.items()))
+                           for o in settings.get(sampler, [{}]) for steps in pndm_t["steps"]]
     unique = list(dict.fromkeys(points))
     for p in unique:
         if p.steps > T:
             raise ConfigError(f"{key}: steps={p.steps} for {p.sampler} exceeds diffusion.T={T}; allowed 1..{T}")
         try:
+            samplers.check_spacing(p.sampler, p.spacing)
             spacing.indices(T, p.steps, p.spacing)
         except ValueError as e:
             raise ConfigError(f"{key}: {p.name}: {e}") from None
@@ -459,17 +547,24 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
         _check_dataset(ds, base_dir)
         sec = views.get(name, doc)
         fid = _build(FIDConfig, sec["fid"])
+        model = _build(ModelConfig, sec["model"])
+        if model.pretrained and model.checkpoint:
+            raise ConfigError(f"model: set either model.pretrained ({model.pretrained!r}) or model.checkpoint "
+                              f"({model.checkpoint!r}), not both (dataset {name})")
+        if model.checkpoint and not _exists(model.checkpoint, base_dir):
+            raise ConfigError(f"model.checkpoint: {model.checkpoint!r} does not exist (dataset {name}); "
+                              f"point it at a unet.safetensors with its unet.json beside it")
         if "inception" in fid.features and not ds.is_gaussian and fid.inception_weights:
             if not _exists(fid.inception_weights, base_dir):
                 raise ConfigError(f"fid.inception_weights: {fid.inception_weights!r} does not exist (dataset {name})")
         runs[name] = DatasetRun(
             dataset=ds,
-            model=_build(ModelConfig, sec["model"]),
+            model=model,
             train=_build(TrainConfig, sec["train"]),
             classifier=_build(ClassifierConfig, sec["classifier"]),
             sample=_build(SampleConfig, sec["sample"]),
             fid=fid,
-            points=_points(sec["grid"], diffusion.T, f"grid (dataset {name})"),
+            points=_points(sec["grid"], diffusion.T, name),
         )
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")

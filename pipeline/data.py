@@ -135,10 +135,10 @@ def _read_mnist(ds: DatasetConfig):
     root = Path(ds.root).expanduser() if ds.root else _default_root()
     raw = root / "MNIST" / "raw"
     expected_gz = [(name, md5) for name, md5 in MNIST.resources]
-    fix = (f"point data.root at the folder that holds MNIST/raw/ with {[n for n, _ in expected_gz]} "
+    fix = (f"point datasets.{ds.name}.root at the folder that holds MNIST/raw/ with {[n for n, _ in expected_gz]} "
            "(torchvision layout; on this machine ../shared/data has them), or set data.download: true")
     if root.name == "MNIST" and (root / "raw").is_dir():
-        fix += f"; note: data.root should be the parent of MNIST/ ({root.parent}), not {root}"
+        fix += f"; note: datasets.{ds.name}.root should be the parent of MNIST/ ({root.parent}), not {root}"
 
     # torchvision itself only checks the .gz md5s while downloading; check them on every run.
     present_gz = {}
@@ -190,7 +190,7 @@ def _read_cifar10(ds: DatasetConfig):
     folder = root / CIFAR10.base_folder
     expected = [(n, md5) for n, md5 in CIFAR10.train_list + CIFAR10.test_list]
     expected.append((CIFAR10.meta["filename"], CIFAR10.meta["md5"]))
-    fix = (f"point data.root at the folder that holds {CIFAR10.base_folder}/ with {[n for n, _ in expected]} "
+    fix = (f"point datasets.{ds.name}.root at the folder that holds {CIFAR10.base_folder}/ with {[n for n, _ in expected]} "
            "(the python version, torchvision layout), or set data.download: true. "
            "The shared copy on this machine is not in that layout: use source 'npz' with "
            "../shared/data/cifar10/cifar10_exact_subset.npz or 'image-folder' with "
@@ -221,16 +221,16 @@ def _torchvision(cls, root: Path, download: bool, **kwargs):
 
 
 def _default_root() -> Path:
-    """Where torchvision downloads go when data.root is unset."""
+    """Where torchvision downloads go when `datasets.<name>.root` is unset."""
     return Path(os.environ.get("DDBENCH_DATA_ROOT", Path.home() / ".cache" / "ddbench" / "data"))
 
 
 def _read_npz(ds: DatasetConfig):
     if not ds.root:
-        raise DataError("data.root: source 'npz' needs the path of the .npz file")
+        raise DataError(f"datasets.{ds.name}.root: source 'npz' needs the path of the .npz file")
     path = Path(ds.root).expanduser()
     if not path.is_file():
-        raise DataError(f"npz file {path} not found. Fix: set data.root to an .npz holding uint8 images "
+        raise DataError(f"npz file {path} not found. Fix: set datasets.{ds.name}.root to an .npz holding uint8 images "
                         f"under key {ds.npz_key!r} ([N, H, W, C] or [N, H, W]), e.g. "
                         "../shared/data/cifar10/cifar10_exact_subset.npz")
     try:
@@ -271,7 +271,7 @@ def _natural_key(name: str):
 
 def _read_image_folder(ds: DatasetConfig):
     if not ds.root:
-        raise DataError("data.root: source 'image-folder' needs a folder or a .tar/.tar.gz/.tar.xz archive")
+        raise DataError(f"datasets.{ds.name}.root: source 'image-folder' needs a folder or a .tar/.tar.gz/.tar.xz archive")
     path = Path(ds.root).expanduser()
     layout = f"<{ds.split}>/<class>/*{{{','.join(IMAGE_SUFFIXES)}}}"
     if path.is_dir():
@@ -289,7 +289,7 @@ def _read_image_folder(ds: DatasetConfig):
         encoded = _read_tar(path, ds.split)
         kind = "tar archive"
     else:
-        raise DataError(f"image folder {path} not found (or not a folder / tar archive). Fix: set data.root to a "
+        raise DataError(f"image folder {path} not found (or not a folder / tar archive). Fix: set datasets.{ds.name}.root to a "
                         f"folder or .tar/.tar.gz/.tar.xz with layout {layout}, e.g. "
                         "../shared/data/cifar10/cifar10-jpeg-q75.tar.xz")
     if not encoded:

@@ -13,7 +13,8 @@ The spaces, always recorded beside every number:
     classifier  penultimate features of the small classifier of `pipeline.classifier`, registered with
                 torch-fidelity as `ddbench-classifier`. Fast on a CPU; internal, NOT comparable to papers.
     exact       gaussian data set only: the Frechet distance of the samples' moments to the true
-                N(mu, s^2 I) (`gaussian.frechet_to_truth`); no reference set, no KID.
+                N(mu, s^2 I) (`gaussian.frechet_to_truth`, with its jackknife replicates); no
+                reference set, no KID.
 
 Adding a space is one `register(...)` call here and its test: e.g. torch-fidelity's own
 `dinov2-vit-b-14` or `clip-vit-b-32` extractor, `adapt=ImageSet`, the layer from its
@@ -59,7 +60,9 @@ class FeatureSpace:
     layer: Optional[str] = None  # the torch-fidelity feature layer FID and KID use
     dim: Optional[int] = None  # feature dimension; None when the weights or the data set it
     weights: Optional[Callable] = None  # (FIDConfig, --classifier path) -> the weights file; None: no file needed
-    closed_form: Optional[Callable] = None  # (adapted samples, manifest) -> (FD, reference params, reference text)
+    # (adapted samples, manifest, jackknife blocks or None) -> (FD, its block replicates or None,
+    #  reference params, reference text)
+    closed_form: Optional[Callable] = None
     description: str = ""
 
 
@@ -201,15 +204,18 @@ def _classifier_weights(cfg, classifier_path) -> Path:
 # --------------------------------------------------------------------------- closed form
 
 
-def _exact_gaussian(samples: torch.Tensor, manifest: dict) -> tuple[float, dict, str]:
-    """Frechet distance of the samples' moments to the data set's true N(mu, s^2 I)."""
+def _exact_gaussian(samples: torch.Tensor, manifest: dict, blocks: Optional[int]
+                    ) -> tuple[float, Optional[np.ndarray], dict, str]:
+    """Frechet distance of the samples' moments to the data set's true N(mu, s^2 I), and its
+    delete-a-block replicates (None when `blocks` is None): the truth is fixed, the samples are the noise."""
     from pipeline import gaussian
 
     mu, s = float(manifest["mu"]), float(manifest["s"])
     if tuple(samples.shape[1:]) != tuple(manifest["shape"]):
         raise FIDError(f"--samples: shape {list(samples.shape[1:])} differs from the data's {manifest['shape']}")
     fd = gaussian.frechet_to_truth(samples, mu, s)
-    return float(fd), {"mu": mu, "s": s}, f"N({mu:g}, {s:g}^2 I) on {manifest['shape']} (closed form)"
+    reps = None if blocks is None else gaussian.frechet_to_truth_replicates(samples, mu, s, blocks)
+    return float(fd), reps, {"mu": mu, "s": s}, f"N({mu:g}, {s:g}^2 I) on {manifest['shape']} (closed form)"
 
 
 # --------------------------------------------------------------------------- the registered spaces

@@ -7,15 +7,22 @@ comparable with published FIDs.
 Stages:
     reference_stats  training-split features -> `build/P/stats/D/F.npz` (mu, sigma, a fixed random
                      subset of reference features for KID) + `F.json` (the stats id and provenance).
-                     Computed once per (dataset manifest, split, count, feature space, weights).
-    evaluate         one grid point's samples -> FID and KID against those stats -> `fid-F.json`;
-                     a closed-form space (exact) measures against its exact reference instead.
+                     Computed once per (dataset manifest, split, count, feature space, weights,
+                     KID subset size and seed).
+    evaluate         one grid point's samples -> FID and KID against those stats, each with its 95%
+                     interval -> `fid-F.json`; a closed-form space (exact) measures against its
+                     exact reference instead. Stats made for another config are refused.
 
 Sample and reference features go through torch-fidelity's own feature path (its
 `create_feature_extractor` and `get_featuresdict_from_dataset`, the code `calculate_metrics`
-runs); the metrics through its `fid_statistics_to_metric` (Heusel et al. 2017, eq. 6 of the
-TTUR paper's Frechet distance) and `kid_features_to_metric` (Binkowski et al. 2018: unbiased
-MMD^2 with the cubic polynomial kernel, averaged over random subsets).
+runs). FID is torch-fidelity's `fid_statistics_to_metric` (Heusel et al. 2017, eq. 6 of the TTUR
+paper's Frechet distance). KID (Binkowski et al. 2018: unbiased MMD^2 with the cubic polynomial
+kernel) is computed over the full sample set against the full stored reference subset, the value
+torch-fidelity's `kid_features_to_metric` estimates by averaging random subsets.
+
+Intervals (pipeline/intervals.py, docs/fid.md): a delete-a-block jackknife over blocks of seeds,
+so that two grid points' replicates are paired. FID's is for E[FID_N] against the fixed reference
+statistics; KID's deletes a block of samples and of the reference subset and is for the population value.
 
 `calculate_metrics` below is the typed wrapper over `torch_fidelity.calculate_metrics` for two
 in-memory image sets (tests, the benchmark): torch-fidelity silently ignores unknown keyword
@@ -33,13 +40,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline import console, files, provenance
+from pipeline import console, files, intervals, provenance
 from pipeline.config import FIDConfig, GridPoint
 from pipeline.errors import FIDError
 from pipeline.features import EXACT_EXTRACTOR, inception_weights  # noqa: F401  (used as fid.* by pipeline/bench/fid.py)
 from pipeline.features import FEATURE_SPACES, FeatureSpace, feature_space, spaces_for
 
-STATS_VERSION = 1
+STATS_VERSION = 2  # 2: the id covers the KID reference subset (kid_ref_n, seed)
+LEVEL = intervals.LEVEL
 
 
 def _extractor(features: str) -> tuple[str, str]:
@@ -162,27 +170,36 @@ def extract_features(
     return feats.to(torch.float32)
 
 
-def kid(features_1: torch.Tensor, features_2: torch.Tensor, *, subsets: int, subset_size: int, seed: int) -> dict:
-    """Unbiased KID between two feature sets; subset size capped at the smaller set (>= 2 required)."""
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+def kid(features_1, features_2, *, blocks: Optional[int], level: float = LEVEL) -> dict:
+    """KID of all of `features_1` [N, D] (the samples) against all of `features_2` [M, D] (the stored
+    reference subset), with its delete-a-block jackknife interval.
 
-    m = min(subset_size, len(features_1), len(features_2))
-    if m < 2:
-        return {"kid_mean": None, "kid_std": None, "kid_subset_size": m}
-    out = kid_features_to_metric(
-        features_1, features_2,
-        kid_subsets=subsets, kid_subset_size=m, kid_kernel="poly",
-        kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1,
-        rng_seed=seed, verbose=False,
-    )
-    return {"kid_mean": out[KEY_METRIC_KID_MEAN], "kid_std": out[KEY_METRIC_KID_STD], "kid_subset_size": m}
+    The unbiased MMD^2 with the cubic polynomial kernel (Binkowski et al. 2018; gamma = 1/D, coef0 = 1,
+    torch-fidelity's defaults) over the full sets: the expectation that torch-fidelity's average over
+    random subsets estimates, without the subset draw's noise. Replicate b drops block b of the samples
+    (by seed index) and block b of the reference subset (by its stored order). `blocks` None: no interval.
+    Returns {kid_mean, kid_std (jackknife standard error), kid_ci [lo, hi], kid_replicates, kid_ref_n, note}.
+    """
+    n, m = len(features_1), len(features_2)
+    out = {"kid_mean": None, "kid_std": None, "kid_ci": None, "kid_replicates": None, "kid_ref_n": m, "note": None}
+    if n < 2 or m < 2:
+        return {**out, "note": f"KID needs at least 2 samples and 2 reference features, got {n} and {m}"}
+    if blocks is not None and (m < blocks or m - -(-m // blocks) < 2):  # every block non-empty, >= 2 kept
+        out["note"] = f"KID: {m} reference features are too few for {blocks} jackknife blocks; no KID interval"
+        blocks = None
+    theta, reps = intervals.kid_replicates(features_1, features_2, blocks or 1)
+    out["kid_mean"] = theta
+    if blocks is not None:
+        lo, hi, se = intervals.jackknife_interval(theta, reps, level)
+        out.update(kid_std=se, kid_ci=[lo, hi], kid_replicates=reps.tolist())
+    return out
 
 
 def frechet(features_1: torch.Tensor, stats_2: dict) -> float:
     """FID between a feature set [N, D] and stored statistics {mu [D], sigma [D, D]} (torch-fidelity's formula)."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 
-    stats_1 = fid_features_to_statistics(features_1.cpu())
+    stats_1 = fid_features_to_statistics(torch.as_tensor(features_1).cpu())
     stats_2 = {"mu": np.asarray(stats_2["mu"]), "sigma": np.asarray(stats_2["sigma"])}
     if stats_1["mu"].shape != stats_2["mu"].shape:
         raise FIDError(f"feature dimension {stats_1['mu'].shape[0]} differs from the reference stats' "
@@ -190,14 +207,45 @@ def frechet(features_1: torch.Tensor, stats_2: dict) -> float:
     return float(fid_statistics_to_metric(stats_1, stats_2, False)[KEY_METRIC_FID])
 
 
+def fid_with_interval(features_1, stats_2: dict, *, blocks: Optional[int], level: float = LEVEL) -> dict:
+    """FID (`frechet`) with its delete-a-block jackknife interval over the samples: {fid, fid_ci, fid_replicates}.
+
+    The reference statistics are fixed, so the samples are the noise: replicate b is the FID without
+    block b of the samples (`intervals.frechet_replicates`, a factor of Sigma_r computed once). The interval
+    is for E[FID_N] at this N against these statistics, not for the N -> infinity FID (FID is biased
+    upward at finite N). `blocks` None: fid_ci and fid_replicates are None.
+    """
+    value = frechet(features_1, stats_2)
+    if blocks is None:
+        return {"fid": value, "fid_ci": None, "fid_replicates": None}
+    factor = intervals.covariance_factor(stats_2["sigma"])
+    _, reps = intervals.frechet_replicates(features_1, stats_2["mu"], factor, blocks)
+    lo, hi, _ = intervals.jackknife_interval(value, reps, level)
+    return {"fid": value, "fid_ci": [lo, hi], "fid_replicates": reps.tolist()}
+
+
 # --------------------------------------------------------------------------- stages
 
 
-def _stats_id(manifest_sha256: str, split: str, count: int, features: str, weights_sha256: str) -> str:
-    """Cache key of reference statistics: data manifest + split + count + feature space + weights."""
-    key = {"manifest_sha256": manifest_sha256, "split": split, "count": count,
-           "features": features, "weights_sha256": weights_sha256, "version": STATS_VERSION}
+def _stats_key(manifest_sha256: str, split: str, count: int, features: str, weights_sha256: Optional[str],
+               kid_ref_n: int, kid_seed: int) -> dict:
+    """Everything that defines reference statistics, by its key in the sidecar: hashed into the stats id,
+    and compared key by key in `evaluate` so that a refusal can name what changed."""
+    return {"data_manifest_sha256": manifest_sha256, "split": split, "count": count, "features": features,
+            "weights_sha256": weights_sha256, "kid_ref_n": kid_ref_n, "kid_seed": kid_seed,
+            "stats_version": STATS_VERSION}
+
+
+def _stats_id(key: dict) -> str:
+    """Cache key of reference statistics: data manifest + split + count + feature space + weights +
+    the KID reference subset (its size and seed) + format version."""
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _reference_count(cfg: FIDConfig, available: int) -> tuple[int, int]:
+    """(reference images, KID reference features) the config asks for, given `available` training images."""
+    count = available if cfg.ref_n is None else min(cfg.ref_n, available)
+    return count, min(count, cfg.kid_ref_n)
 
 
 def _weights(space: FeatureSpace, cfg: FIDConfig, classifier_path) -> Optional[Path]:
@@ -232,16 +280,16 @@ def reference_stats(
     if prepared.images is None:
         raise FIDError(f"ref-stats: the data set in {data_dir} has no images "
                        f"(gaussian uses features {', '.join(map(repr, spaces_for('gaussian')))})")
-    count = len(prepared.images) if cfg.ref_n is None else min(cfg.ref_n, len(prepared.images))
+    count, kid_ref_n = _reference_count(cfg, len(prepared.images))
     manifest_sha = files.sha256_file(Path(data_dir) / "manifest.json")
     split = prepared.manifest.get("split", "train")
     weights_sha = _sha256(weights)
-    stats_id = _stats_id(manifest_sha, split, count, features, weights_sha)
+    stats_id = _stats_id(_stats_key(manifest_sha, split, count, features, weights_sha, kid_ref_n, cfg.seed))
     side = out_path.with_suffix(".json")
     if out_path.is_file() and side.is_file():
         old = files.read_json(side)
         if old.get("stats_id") == stats_id:
-            return old  # computed once: same data, split, count, feature space and weights
+            return old  # computed once: same data, split, count, feature space, weights and KID subset
 
     feats = extract_features(prepared.images[:count], features, weights, device=device,
                              batch_size=cfg.batch_size, verbose=not console.quiet())
@@ -249,7 +297,7 @@ def reference_stats(
 
     stats = fid_features_to_statistics(feats)
     rng = np.random.RandomState(cfg.seed)
-    kid_idx = np.sort(rng.choice(count, size=min(count, cfg.kid_ref_n), replace=False))
+    kid_idx = np.sort(rng.choice(count, size=kid_ref_n, replace=False))
     with files.atomic_path(out_path) as tmp:
         np.savez_compressed(tmp, mu=stats["mu"], sigma=stats["sigma"], kid_features=feats[kid_idx].numpy(),
                             kid_index=kid_idx, n=np.int64(count))
@@ -294,13 +342,50 @@ def _point_name(point) -> str:
     return point.name if isinstance(point, GridPoint) else str(point)
 
 
-def _load_samples(samples_path: Path) -> np.ndarray:
+def _load_samples(samples_path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """samples.npz -> (samples [N, ...], seeds [N] or None): image k was drawn from seeds[k]."""
     if not Path(samples_path).is_file():
         raise FIDError(f"--samples: {samples_path} does not exist; run the sample stage first")
     with np.load(samples_path, allow_pickle=False) as z:
         if "samples" not in z:
             raise FIDError(f"--samples: {samples_path} has no 'samples' array (keys {list(z.keys())})")
-        return z["samples"]
+        return z["samples"], (z["seeds"] if "seeds" in z else None)
+
+
+def _seeds_text(seeds: Optional[np.ndarray]) -> Optional[str]:
+    """The seeds of images 0..N-1 as the sample record writes them ("s..s+N-1"); a digest when not consecutive."""
+    if seeds is None or len(seeds) == 0:
+        return None
+    seeds = np.asarray(seeds, dtype=np.int64)
+    if (np.diff(seeds) == 1).all():
+        return f"{seeds[0]}..{seeds[-1]}"
+    return "sha256:" + hashlib.sha256(seeds.tobytes()).hexdigest()[:16]
+
+
+def _interval_fields(blocks: Optional[int], n: int, notes: list) -> dict:
+    """The record's description of its intervals (the same for FID, KID and the exact FD)."""
+    if blocks is None:
+        notes = [f"N = {n} < {intervals.MIN_N} samples: too few for a jackknife interval", *notes]
+    return {"interval_method": intervals.METHOD, "interval_level": LEVEL, "interval_blocks": blocks,
+            "interval_note": "; ".join(notes) or None}
+
+
+def _check_stats(stats_path: Path, stats: dict, side: dict, want: dict) -> None:
+    """Refuse reference stats made for another config (FIDError naming the file, the keys and the fix)."""
+    stale = [(k, side.get(k), v) for k, v in want.items() if side.get(k) != v]
+    if not stale and side.get("stats_id") != _stats_id(want):
+        stale = [("stats_id", side.get("stats_id"), _stats_id(want))]
+    if not stale and (int(stats["n"]) != side.get("count") or len(stats["kid_features"]) != side.get("kid_ref_n")):
+        stale = [("n / kid_features in the .npz", (int(stats["n"]), len(stats["kid_features"])),
+                  (side.get("count"), side.get("kid_ref_n")))]
+    if stale:
+        config = {"count": "fid.ref_n", "kid_ref_n": "fid.kid_ref_n", "kid_seed": "fid.seed", "features": "fid.features",
+                  "weights_sha256": "the feature extractor's weights", "data_manifest_sha256": "the prepared data",
+                  "stats_version": "the stats format"}
+        what = ", ".join(f"{k} ({config[k]})={a!r}, now {b!r}" if k in config else f"{k}={a!r}, now {b!r}"
+                         for k, a, b in stale)
+        raise FIDError(f"--stats {stats_path}: made for other inputs ({what}); delete {stats_path} and "
+                       f"{stats_path.with_suffix('.json')} and rerun the ref-stats stage (`python -m pipeline ref-stats`)")
 
 
 def evaluate(
@@ -314,11 +399,13 @@ def evaluate(
     dataset: str,
     point,
 ) -> dict:
-    """FID and KID of one grid point's samples -> `out_path` (fid-F.json); returns the record.
+    """FID and KID of one grid point's samples, each with its 95% interval -> `out_path` (fid-F.json); returns the record.
 
-    Image data sets: features of the samples vs the stored reference stats (checked to match this data,
-    feature space and weights). A closed-form space (`exact`, gaussian): the Frechet distance of the
-    sample moments to the true N(mu, s^2 I); KID is null there (the reference is a distribution, not a sample).
+    Image data sets: features of the samples vs the stored reference stats, which must have been made
+    for this data, feature space, weights, fid.ref_n, fid.kid_ref_n and fid.seed (else FIDError before
+    any compute). A closed-form space (`exact`, gaussian): the Frechet distance of the sample moments to
+    the true N(mu, s^2 I); KID is null there (the reference is a distribution, not a sample).
+    Intervals: `intervals.n_blocks(N)` seed blocks (null with `interval_note` below 10 samples).
     """
     from pipeline import data
 
@@ -332,15 +419,17 @@ def evaluate(
     if space.data != kind:
         raise FIDError(f"fid.features: {features!r} does not apply to dataset {dataset!r} "
                        f"({kind}: use {' or '.join(spaces_for(kind))})")
-    samples = _load_samples(samples_path)
+    samples, seeds = _load_samples(samples_path)
     n = int(len(samples))
     if n < 2:
         raise FIDError(f"{dataset}/{_point_name(point)}: FID needs at least 2 samples, got {n}")
+    blocks = intervals.n_blocks(n)
     record = {
         "dataset": dataset,
         "point": _point_name(point),
         "features": features,
         "n_images": n,
+        "seeds": _seeds_text(seeds),
         "samples_path": str(samples_path),
         "samples_sha256": files.sha256_file(samples_path),
         "data_manifest_sha256": manifest_sha,
@@ -348,11 +437,14 @@ def evaluate(
     }
 
     if space.closed_form is not None:
-        fd, params, reference = space.closed_form(space.adapt(samples), manifest)
+        fd, reps, params, reference = space.closed_form(space.adapt(samples), manifest, blocks)
         ref_id = hashlib.sha256(json.dumps({"manifest_sha256": manifest_sha, "features": features, **params},
                                            sort_keys=True).encode()).hexdigest()[:16]
+        ci = None if reps is None else list(intervals.jackknife_interval(float(fd), reps, LEVEL)[:2])
         record.update(
-            fid=float(fd), kid_mean=None, kid_std=None, kid_subset_size=None, kid_subsets=None,
+            fid=float(fd), fid_ci=ci, fid_replicates=None if reps is None else reps.tolist(),
+            kid_mean=None, kid_std=None, kid_ci=None, kid_replicates=None, kid_subset_size=None, kid_subsets=None,
+            kid_ref_n=None, **_interval_fields(blocks, n, []),
             ref_n=None, ref_stats_id=ref_id, feature_extractor=space.extractor, feature_layer=None,
             weights_sha256=None, reference=reference, fingerprint=provenance.fingerprint("cpu"),
         )
@@ -364,29 +456,33 @@ def evaluate(
                        f"(build/P/stats/{dataset}/{features}.npz from the ref-stats stage)")
     if samples.dtype != np.uint8:
         raise FIDError(f"--samples: expected uint8 images for dataset {dataset!r}, got {samples.dtype}")
+    if prepared.images is None:
+        raise FIDError(f"--data {data_dir}: the data set has no images to check the reference stats against")
     device = provenance.resolve_device(cfg.device)
     weights = _weights(space, cfg, classifier_path)
+    stats_path = Path(stats_path)
     stats, side = load_stats(stats_path)
     weights_sha = _sha256(weights)
-    stale = [(k, side.get(k), v) for k, v in (("features", features), ("weights_sha256", weights_sha),
-                                               ("data_manifest_sha256", manifest_sha)) if side.get(k) != v]
-    if stale:
-        raise FIDError(f"--stats {stats_path}: made for other inputs ({', '.join(f'{k}={a!r}, now {b!r}' for k, a, b in stale)}); "
-                       "rerun the ref-stats stage")
+    count, kid_ref_n = _reference_count(cfg, len(prepared.images))
+    _check_stats(stats_path, stats, side, _stats_key(manifest_sha, manifest.get("split", "train"), count, features,
+                                                     weights_sha, kid_ref_n, cfg.seed))
     if list(samples.shape[1:]) != list(side.get("image_shape", samples.shape[1:])):
         raise FIDError(f"--samples: image shape {list(samples.shape[1:])} differs from the reference images' "
                        f"{side['image_shape']}")
 
     feats = extract_features(samples, features, weights, device=device, batch_size=cfg.batch_size,
                              verbose=not console.quiet())
-    kid_out = kid(feats, torch.from_numpy(stats["kid_features"]), subsets=cfg.kid_subsets,
-                  subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    kid_out = kid(feats, stats["kid_features"], blocks=blocks)
     record.update(
-        fid=frechet(feats, stats),
+        **fid_with_interval(feats, stats, blocks=blocks),
         kid_mean=kid_out["kid_mean"],
         kid_std=kid_out["kid_std"],
-        kid_subset_size=kid_out["kid_subset_size"],
-        kid_subsets=cfg.kid_subsets,
+        kid_ci=kid_out["kid_ci"],
+        kid_replicates=kid_out["kid_replicates"],
+        kid_subset_size=None,  # KID is the full-set statistic now: no subsets (fid.kid_subset_size is unused)
+        kid_subsets=None,
+        kid_ref_n=kid_out["kid_ref_n"],
+        **_interval_fields(blocks, n, [kid_out["note"]] if kid_out["note"] else []),
         ref_n=int(stats["n"]),
         ref_stats_id=side["stats_id"],
         feature_extractor=space.extractor,

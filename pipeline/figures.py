@@ -5,7 +5,9 @@ Per dataset and feature space (one facet per spacing when there are several):
 - `fid_vs_nfe-<D>-<F>`: FID against counted model evaluations (NFE): the fair cost axis
   (F-PNDM spends S + 9, S-PNDM S + 1).
 - `fid_vs_wall-<D>-<F>`: FID against wall-clock seconds per image on the run's device.
-Both axes are logarithmic (FID only when every value is positive).
+Both axes are logarithmic (FID only when every value is positive). Every point carries its
+FID interval as an error bar (runs.csv `fid_lo`/`fid_hi`, delete-a-block jackknife); a point
+without one has no bar, and stderr says how many.
 
 Per dataset with uint8 samples: `mosaic-<D>`, rows sampler settings, columns steps, each
 cell the first k images, i.e. the same seeds seed..seed+k-1 in every cell, so that a
@@ -36,7 +38,7 @@ from pipeline.labels import n_text, series_key, series_label, series_sort_key, s
 from pipeline.files import atomic_path  # noqa: E402
 from pipeline.images import tile  # noqa: E402
 
-RUNS_COLUMNS = ("dataset", "features", "point", "sampler", "eta", "spacing", "steps", "nfe", "fid",
+RUNS_COLUMNS = ("dataset", "features", "point", "sampler", "eta", "spacing", "steps", "nfe", "fid", "fid_lo", "fid_hi",
                 "wall_s", "n_images", "seed", "device_name")
 
 # figure name -> (x column, x label)
@@ -84,6 +86,27 @@ def _plain_log_ticks(axis, at=None) -> None:
     axis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _level_text(d: pd.DataFrame) -> str:
+    levels = sorted({float(v) for v in d["interval_level"].dropna()}) if "interval_level" in d else []
+    return "/".join(f"{v:.0%}" for v in levels) if levels else "95%"
+
+
+def _interval_bars(grid, d: pd.DataFrame, x: str, facet, palette: dict, stem: Path) -> None:
+    """Vertical error bars [fid_lo, fid_hi] in each series' colour; points without an interval get
+    none, and the count is said on stderr (the table cells say why)."""
+    axes = grid.axes_dict if facet else {None: grid.ax}
+    for col, ax in axes.items():
+        sub = d if facet is None else d[d[facet] == col]
+        for label, s in sub.groupby("sampler setting", sort=False):
+            s = s.dropna(subset=["fid_lo", "fid_hi"])
+            if not s.empty:
+                ax.errorbar(s[x], s["fid"], yerr=[s["fid"] - s["fid_lo"], s["fid_hi"] - s["fid"]], fmt="none",
+                            ecolor=palette[label], elinewidth=1.0, capsize=2.5, alpha=0.8, zorder=1)
+    missing = int(d[["fid_lo", "fid_hi"]].isna().any(axis=1).sum())
+    if missing:
+        _say(f"{stem.name}: {missing} point(s) without an interval, drawn without error bars")
+
+
 def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
     """One FID curve figure (CURVES[name]) of one dataset and feature space."""
     x, xlabel = CURVES[name]
@@ -91,17 +114,20 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
     if d.empty:
         _say(f"{stem.name}: no finite FID, no figure")
         return []
-    d["sampler setting"] = [series_label(s, e) for s, e in zip(d["sampler"], d["eta"])]
+    opts = d["options"] if "options" in d else [None] * len(d)  # non-default options (runs.csv before them: none)
+    d["sampler setting"] = [series_label(s, e, o) for s, e, o in zip(d["sampler"], d["eta"], opts)]
     d["s_per_image"] = d["wall_s"] / d["n_images"]
-    order = [series_label(*k) for k in sorted_series(series_key(s, e) for s, e in zip(d["sampler"], d["eta"]))]
+    order = [series_label(*k) for k in sorted_series(series_key(s, e, o) for s, e, o in zip(d["sampler"], d["eta"], opts))]
     facet = "spacing" if d["spacing"].nunique() > 1 else None
+    palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))))
     grid = sns.relplot(
         data=d, x=x, y="fid", hue="sampler setting", hue_order=order, style="sampler setting",
         style_order=order, markers=True, dashes=False, kind="line", errorbar=None, col=facet,
-        height=3.4, aspect=1.35, palette="tab10" if len(order) <= 10 else "husl",
+        height=3.4, aspect=1.35, palette=palette,
     )
     log_y = bool((d["fid"] > 0).all())
     grid.set(xscale="log", yscale="log" if log_y else "linear")
+    _interval_bars(grid, d, x, facet, palette, stem)
     for ax in grid.axes.flat:
         _plain_log_ticks(ax.xaxis, d[x] if name == "fid_vs_steps" else None)
         if log_y:
@@ -113,6 +139,7 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
         grid.set_titles(col_template="{col_name} spacing")
     else:
         title += f", {d['spacing'].iloc[0]} spacing"
+    title += f"\nbars: {_level_text(d)} interval (jackknife over seed blocks)"
     if name == "fid_vs_wall":
         title += "\n" + "; ".join(sorted(set(d["device_name"].astype(str))))
     grid.figure.suptitle(title, y=1.0, va="bottom", fontsize=10)
@@ -171,7 +198,7 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
     several = sub["spacing"].nunique() > 1
     label, sort_key = {}, {}
     for p, r in sub.iterrows():
-        key = series_key(r["sampler"], r["eta"])
+        key = series_key(r["sampler"], r["eta"], r.get("options"))
         label[p] = series_label(*key) + (f" ({r['spacing']})" if several else "")
         sort_key[label[p]] = series_sort_key(key) + (r["spacing"],)
     rows = sorted(sort_key, key=sort_key.get)

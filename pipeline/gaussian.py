@@ -5,6 +5,8 @@ With x_t = sqrt(a) x_0 + sqrt(1 - a) eps, a = alpha_bar[t], the marginal is
 N(sqrt(a) mu, (a s^2 + 1 - a) I), so E[eps | x_t] = sqrt(1 - a) (x_t - sqrt(a) mu) / (a s^2 + 1 - a).
 The probability-flow ODE keeps every marginal Gaussian and is affine, so it maps x_T at
 alpha_bar = a_T to x_0 = mu + s (x_T - sqrt(a_T) mu) / sqrt(a_T s^2 + 1 - a_T) (standardise, rescale).
+The Frechet distance to the truth comes with block replicates for its jackknife interval
+(`frechet_to_truth_replicates`, pipeline/intervals.py): the truth is fixed, the samples are the noise.
 
 mu and s are floats or tensors broadcastable to one sample's shape (per-dimension parameters).
 """
@@ -47,19 +49,34 @@ def exact_map(x_T: torch.Tensor, mu: Param, s: Param, alpha_bar_T: float) -> tor
     return m + sd * (x_T - a**0.5 * m) / (a * sd**2 + 1 - a).sqrt()
 
 
+def _flat(samples: torch.Tensor, mu: Param, s: Param) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """samples [N, ...] -> (float64 [N, D], mu [D], s [D]) over the flattened dimensions."""
+    x = torch.as_tensor(samples).detach().to("cpu", torch.float64)
+    if x.ndim < 1 or x.shape[0] < 2:
+        raise ValueError(f"samples: need at least 2 samples [N, ...], got shape {tuple(x.shape)}")
+    shape = x.shape[1:]
+    mu_v, s_v = (torch.as_tensor(v, dtype=torch.float64).expand(shape).reshape(-1).numpy() for v in (mu, s))
+    return x.reshape(x.shape[0], -1).numpy(), mu_v, s_v
+
+
 def frechet_to_truth(samples: torch.Tensor, mu: Param, s: Param) -> float:
     """Frechet distance between N(m, C) fitted to `samples` [N, ...] (mean, full unbiased covariance
     over the flattened dimensions) and N(mu, diag(s^2)):
         |m - mu|^2 + tr C + tr S^2 - 2 tr (S C S)^(1/2),  S = diag(s)
     (S C S is symmetric PSD, so the matrix square root's trace is the sum of sqrt of its eigenvalues.)"""
-    x = torch.as_tensor(samples).detach().to("cpu", torch.float64)
-    if x.ndim < 1 or x.shape[0] < 2:
-        raise ValueError(f"samples: need at least 2 samples [N, ...], got shape {tuple(x.shape)}")
-    shape = x.shape[1:]
-    x = x.reshape(x.shape[0], -1).numpy()
-    mu_v, s_v = (torch.as_tensor(v, dtype=torch.float64).expand(shape).reshape(-1).numpy() for v in (mu, s))
+    x, mu_v, s_v = _flat(samples, mu, s)
     m = x.mean(axis=0)
     c = np.atleast_2d(np.cov(x, rowvar=False))
     scs = s_v[:, None] * c * s_v[None, :]
     tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((scs + scs.T) / 2), 0, None)).sum()
     return float(((m - mu_v) ** 2).sum() + np.trace(c) + (s_v**2).sum() - 2 * tr_sqrt)
+
+
+def frechet_to_truth_replicates(samples: torch.Tensor, mu: Param, s: Param, blocks: int) -> np.ndarray:
+    """float64 [blocks]: `frechet_to_truth` of the samples without block b (image k is in block
+    floor(k * blocks / N), `intervals.block_ids`), for the delete-a-block jackknife. The truth
+    N(mu, diag(s^2)) is the fixed reference: its square root is diag(s)."""
+    from pipeline import intervals
+
+    x, mu_v, s_v = _flat(samples, mu, s)
+    return intervals.frechet_replicates(x, mu_v, np.diag(s_v), blocks)[1]

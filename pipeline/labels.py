@@ -2,8 +2,10 @@
 
 - Sampler order: the rows of the papers' tables (DDIM, then DDPM's sigma-hat, then the
   PNDM paper's methods), used to sort runs.csv, tables, figure legends and mosaics.
-- Series: one sampler setting, keyed `(sampler, eta or None)`; `series_label` is its
-  plain-text name ("ddim η=0", "f-pndm").
+- Series: one sampler setting, keyed `(sampler, eta or None)`, plus the text of its other
+  non-default options (`(sampler, eta, "clip_x0=true")`, runs frame column `options`) when it
+  has any, so two settings never share a key; `series_label` is its plain-text name
+  ("ddim η=0", "f-pndm", "ddpm-large clip_x0=true").
 - Text pieces of captions and titles: N, seeds and devices of a group of runs (columns
   of the tidy runs frame, `pipeline.records.RUN_COLUMNS`).
 - `Flavor`: the Markdown or LaTeX spelling of symbols (η, σ̂), code and numbers.
@@ -15,12 +17,30 @@ from typing import Iterable
 
 import pandas as pd
 
+from pipeline.config import SIGMA_HAT_OPTIONS
+
 SIGMA_HAT = "ddpm-large"  # DDIM Table 1's sigma-hat row: DDPM with the larger variance
 # PNDM layout, rows in this order; ddim is the deterministic eta = 0 sampler of that paper.
-PNDM_ROWS = ("ddim", "s-pndm", "f-pndm", "fon", "pndm-prk", "plms", "dpm-solver++", "ddpm")
+# fon: the paper's FON as its official code runs it; rk4-ab4: the textbook method it names.
+PNDM_ROWS = ("ddim", "s-pndm", "f-pndm", "fon", "rk4-ab4", "pndm-prk", "plms", "dpm-solver++", "ddpm")
 SAMPLER_ORDER = ("ddim", SIGMA_HAT) + PNDM_ROWS[1:]
 
-SeriesKey = tuple  # (sampler, eta or None)
+SeriesKey = tuple  # (sampler, eta or None) or (sampler, eta or None, non-default options text)
+
+
+def options_text(options, skip=("eta",)) -> str:
+    """Non-default sampler options {name: value} (a run record's `non_default_options`) as the runs
+    frame's `options` text: "clip_x0=true, lower_order_final=false" in the given order, '' for none.
+    `skip`: options with a column of their own (eta)."""
+    def text(v):
+        return ("true" if v else "false") if isinstance(v, bool) else f"{v:g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k}={text(v)}" for k, v in (options or {}).items() if k not in skip)
+
+
+def sigma_hat_key() -> SeriesKey:
+    """The series of DDIM Table 1's sigma-hat row as published and as `grid.ddim_table.sigma_hat` runs
+    it: ddpm-large with the official clip_x0 = true (config.SIGMA_HAT_OPTIONS, non-default options)."""
+    return series_key(SIGMA_HAT, None, options_text(SIGMA_HAT_OPTIONS))
 
 
 def sampler_rank(name: str) -> int:
@@ -28,22 +48,30 @@ def sampler_rank(name: str) -> int:
     return SAMPLER_ORDER.index(name) if name in SAMPLER_ORDER else len(SAMPLER_ORDER)
 
 
-def series_key(sampler: str, eta) -> SeriesKey:
-    """(sampler, eta rounded to 6 digits), eta None for NaN/None: equal settings, equal keys."""
+def _options_text(options) -> str:
+    return "" if options is None or (isinstance(options, float) and math.isnan(options)) else str(options)
+
+
+def series_key(sampler: str, eta, options=None) -> SeriesKey:
+    """(sampler, eta rounded to 6 digits), eta None for NaN/None, and the runs frame's `options` text
+    (non-default options, `options_text`) as a third item when it is not empty: equal
+    settings, equal keys; settings that differ in any option, different keys."""
     eta = None if eta is None or (isinstance(eta, float) and math.isnan(eta)) else round(float(eta), 6)
-    return (sampler, eta)
+    options = _options_text(options)
+    return (sampler, eta, options) if options else (sampler, eta)
 
 
-def series_label(sampler: str, eta=None) -> str:
-    """Plain-text name of a sampler setting: "ddim η=0", "f-pndm" (figures, claims, metrics.json)."""
-    _, eta = series_key(sampler, eta)
-    return sampler if eta is None else f"{sampler} η={eta:g}"
+def series_label(sampler: str, eta=None, options=None) -> str:
+    """Plain-text name of a sampler setting: "ddim η=0", "f-pndm", "ddpm-large clip_x0=true"
+    (figures, claims, metrics.json)."""
+    key = series_key(sampler, eta, options)
+    return " ".join([sampler] + ([f"η={key[1]:g}"] if key[1] is not None else []) + list(key[2:]))
 
 
 def series_sort_key(key: SeriesKey) -> tuple:
-    """Sampler order, then sampler name, then eta (settings without eta first)."""
-    sampler, eta = key
-    return (sampler_rank(sampler), sampler, -1 if eta is None else eta)
+    """Sampler order, then sampler name, then eta (settings without eta first), then options."""
+    sampler, eta = key[:2]
+    return (sampler_rank(sampler), sampler, -1 if eta is None else eta, "".join(key[2:]))
 
 
 def sorted_series(keys: Iterable[SeriesKey]) -> list[SeriesKey]:

@@ -5,6 +5,10 @@ The data live beside this module in `reference/` (`papers.yaml` and DDIM Table 1
 a code change. The loaders return tidy pandas frames and frozen dataclasses in
 ddbench's vocabulary (sampler registry names, `steps`, `nfe`, `features`) so that
 `pipeline.aggregate` can put the papers' numbers beside ours without translation.
+
+`comparability(...)` decides from provenance whether one of our FIDs is comparable to the
+published CIFAR-10 FIDs (standard FID Inception weights, the exact CIFAR-10 training set as
+reference, N = 50,000, the papers' checkpoint) and names what differs (docs/claims.md).
 """
 from __future__ import annotations
 
@@ -219,7 +223,8 @@ def published_number(number_id: str) -> pd.Series:
 
 
 def is_published_dataset(dataset: str, features: Optional[str] = None) -> bool:
-    """Whether published numbers exist for this ddbench data set (and feature space, if given)."""
+    """Whether published numbers exist for a data set of this name (and feature space, if given): where
+    they are relevant as context. Whether ours are comparable to them is `comparability`'s decision."""
     return dataset == PUBLISHED_DATASET and (features is None or features == ddim_table1_source().features)
 
 
@@ -229,7 +234,8 @@ def is_standard_fid_weights(sha256: Optional[str]) -> bool:
     """Whether a weights file (by sha256) is the standard FID Inception (STANDARD_FID_WEIGHTS_SHA256)."""
     if not sha256:
         return False
-    return sha256 in STANDARD_FID_WEIGHTS_SHA256 or any(sha256.startswith(p) for p in STANDARD_FID_WEIGHTS_SHA256_PREFIXES)
+    return (sha256 in STANDARD_FID_WEIGHTS_SHA256
+            or any(sha256.startswith(p) for p in STANDARD_FID_WEIGHTS_SHA256_PREFIXES))
 
 
 def comparability(*, papers_features: bool, weights_sha256: Optional[str], ref_content_sha256: Optional[str],

@@ -6,8 +6,10 @@ missing required field or a wrong type is a RecordError naming the file and the 
 
 Output of `tidy`: one row per (dataset, grid point, feature space), columns RUN_COLUMNS
 (FID and KID unitless, `wall_s` seconds of pure sampling for `n_images` images, `eta`
-NaN for samplers without it), sorted by data set (records' order), feature space,
-spacing, sampler (labels.SAMPLER_ORDER), eta and steps.
+NaN for samplers without it, `options` the sampler's other non-default options as text,
+"clip_x0=true", '' for none: labels.options_text of the record's `non_default_options`), sorted by
+data set (records' order), feature space, spacing, sampler (labels.SAMPLER_ORDER), eta,
+options and steps.
 
 Intervals (docs/claims.md): `fid_lo`, `fid_hi`, `kid_lo`, `kid_hi` are the fid record's
 `fid_ci` / `kid_ci` (delete-a-block jackknife, level `interval_level`); the replicate
@@ -34,12 +36,13 @@ import numpy as np
 import pandas as pd
 
 from pipeline import papers
+from pipeline.config import SIGMA_HAT_OPTIONS
 from pipeline.errors import RecordError
 from pipeline.files import read_json
-from pipeline.labels import SeriesKey, sampler_rank, series_key, series_label
+from pipeline.labels import SIGMA_HAT, SeriesKey, options_text, sampler_rank, series_key, series_label
 
 RUN_COLUMNS = [
-    "dataset", "sampler", "steps", "nfe", "spacing", "eta", "n_images", "features",
+    "dataset", "sampler", "steps", "nfe", "spacing", "eta", "options", "n_images", "features",
     "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "kid_lo", "kid_hi",
     "wall_s", "images_per_s", "s_per_nfe", "device_name",
     "comparable_to_papers", "papers_note", "point", "nfe_expected", "seed", "seeds", "batch_size",
@@ -144,8 +147,10 @@ def _interval(f: dict) -> dict:
     """The interval columns of one fid record; NaN bounds and a note where there is no interval."""
     if not any(k in f for k in ("fid_ci", "fid_replicates", "interval_note")):
         note = NO_INTERVAL_FIELDS
-    elif f.get("fid_ci") is None or f.get("fid_replicates") is None:
+    elif f.get("fid_ci") is None:
         note = f.get("interval_note") or "the fid record's interval fields are null"
+    elif f.get("fid_replicates") is None:
+        note = f.get("interval_note") or "the fid record has an interval but no replicates to pair"
     else:
         note = f.get("interval_note")
     fid_ci, kid_ci = f.get("fid_ci") or [None, None], f.get("kid_ci") or [None, None]
@@ -168,7 +173,9 @@ def _row(s: dict, f: dict, preset: str) -> dict:
         model_pretrained=s.get("model_pretrained"), model_kind=s.get("model_kind"))
     return {
         "dataset": s["dataset"], "sampler": s["sampler"], "steps": s["steps"], "nfe": s["nfe"],
-        "spacing": s["spacing"], "eta": _num(s["eta"]), "n_images": n, "features": f["features"],
+        "spacing": s["spacing"], "eta": _num(s["eta"]),
+        "options": options_text(s.get("non_default_options")),  # records before options: none
+        "n_images": n, "features": f["features"],
         "fid": _num(f["fid"]), "kid_mean": _num(f["kid_mean"]), "kid_std": _num(f["kid_std"]),
         **_interval(f),
         "wall_s": float(s["wall_s"]), "images_per_s": float(s["images_per_s"]),
@@ -231,7 +238,7 @@ def tidy(sample_records: Sequence[Path], fid_records: Sequence[Path], *, preset:
     datasets = list(dict.fromkeys(frame["dataset"]))  # order of the records (the config's order)
     frame["_d"] = frame["dataset"].map(datasets.index)
     frame["_s"] = frame["sampler"].map(sampler_rank)
-    frame = frame.sort_values(["_d", "features", "spacing", "_s", "sampler", "eta", "steps"], na_position="first")
+    frame = frame.sort_values(["_d", "features", "spacing", "_s", "sampler", "eta", "options", "steps"], na_position="first")
     return frame.drop(columns=["_d", "_s"]).reset_index(drop=True)
 
 
@@ -240,7 +247,9 @@ def published_runs() -> pd.DataFrame:
     interval and no seeds were published; the reference statistics are the paper's."""
     t = papers.ddim_table1()
     nan = float("nan")
-    return t.assign(fid_lo=nan, fid_hi=nan, kid_mean=nan, kid_std=nan, kid_lo=nan, kid_hi=nan,
+    # its sigma-hat row is the official sampler, which clamps x_0 (config.SIGMA_HAT_OPTIONS)
+    options = [options_text(SIGMA_HAT_OPTIONS) if s == SIGMA_HAT else "" for s in t["sampler"]]
+    return t.assign(options=options, fid_lo=nan, fid_hi=nan, kid_mean=nan, kid_std=nan, kid_lo=nan, kid_hi=nan,
                     seeds=None, ref_stats_id="published: " + t["reference_set"], interval_level=nan,
                     interval_blocks=None, interval_note="no interval published", fid_replicates=None,
                     kid_replicates=None)
@@ -257,7 +266,8 @@ def series_curves(g: pd.DataFrame) -> dict[SeriesKey, pd.DataFrame]:
     """Series -> its points sorted by steps (index steps; the other CURVE_COLUMNS as columns,
     NaN/None where the frame lacks one, e.g. intervals in a published table)."""
     out = {}
-    keys = [series_key(s, e) for s, e in zip(g["sampler"], g["eta"])]
+    opts = g["options"] if "options" in g else [None] * len(g)
+    keys = [series_key(s, e, o) for s, e, o in zip(g["sampler"], g["eta"], opts)]
     for key in dict.fromkeys(keys):
         mask = [k == key for k in keys]
         sub = g.loc[mask].reindex(columns=CURVE_COLUMNS)

@@ -131,7 +131,10 @@ def _load_checkpoint(model_path, device: str, diffusion: DiffusionConfig, shape:
     if c is not None and (int(c), int(size), int(size)) != tuple(shape):
         raise SampleError(f"--model: {path} makes [{c}, {size}, {size}] images, the data in --data are {list(shape)}")
     eps_fn = model_eps_fn(model, device, bf16=cfg.bf16, channels_last=cfg.channels_last)
-    return eps_fn, {"checkpoint_sha256": files.sha256_file(path), "model": str(path), "model_kind": sidecar.get("kind")}
+    # model_pretrained / model_train_steps: what the claims' comparability check and the tables read
+    # (an imported checkpoint's hub id or folder; a trained one's optimiser steps).
+    return eps_fn, {"checkpoint_sha256": files.sha256_file(path), "model": str(path), "model_kind": sidecar.get("kind"),
+                    "model_pretrained": sidecar.get("pretrained"), "model_train_steps": sidecar.get("step")}
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -176,14 +179,17 @@ def peak_memory(device: str) -> tuple[int, str]:
 
 
 def generate(eps_fn: Callable, point: GridPoint, schedule, seeds: Sequence[int], shape: tuple, batch_size: int,
-             device: str, *, eta: Optional[float] = None, where: str = "sample") -> tuple[torch.Tensor, int, float]:
+             device: str, *, options: Optional[dict] = None, where: str = "sample") -> tuple[torch.Tensor, int, float]:
     """Sample one image per seed, `batch_size` at a time: (x_0 float32 [N, *shape] on the CPU, nfe, wall_s).
+
+    options: the sampler's keyword options (default: the point's own).
 
     Image k depends on seeds[k] alone (`initial_noise`), not on the batching. `nfe` is counted on
     `eps_fn` per batch (every batch must agree); `wall_s` sums the sampler calls. A NaN/inf raises
     NonFiniteError naming `where` and the images.
     """
     counted = CountingEps(eps_fn)
+    options = dict(point.options) if options is None else options
     outputs, wall, nfe_per_batch = [], 0.0, []
     starts = range(0, len(seeds), batch_size)
     with torch.inference_mode():
@@ -193,7 +199,7 @@ def generate(eps_fn: Callable, point: GridPoint, schedule, seeds: Sequence[int],
             counted.calls = 0
             try:
                 x0, seconds = _timed(lambda: samplers.sample(point.sampler, counted, x_T, schedule, point.steps,
-                                                             spacing=point.spacing, eta=eta, generator=gens), device)
+                                                             spacing=point.spacing, options=options, generator=gens), device)
             except NonFiniteError as e:
                 raise NonFiniteError(f"{where}: images {start}..{start + len(batch) - 1} "
                                      f"(seeds {batch[0]}..{batch[-1]}): {e}; nothing written") from e
@@ -254,10 +260,13 @@ def render(x: torch.Tensor, manifest: dict, grid_images: int, title: str) -> tup
     return samples, _grid_png_images(samples[:grid_images])
 
 
-def run_record(*, cfg: SampleConfig, point: GridPoint, eta: Optional[float], diffusion: DiffusionConfig, dataset: str,
+def run_record(*, cfg: SampleConfig, point: GridPoint, options: dict, diffusion: DiffusionConfig, dataset: str,
                n: int, nfe: int, wall: float, peak: tuple[int, str], device: str, model_info: dict,
                manifest_sha256: str, samples_dtype: torch.dtype) -> dict:
-    """The run record (record.json): the grid point, counted NFE, speed, memory, model, data and hardware."""
+    """The run record (record.json): the grid point, counted NFE, speed, memory, model, data and hardware.
+    `options`: every keyword option the sampler ran with, defaults included; `non_default_options` those
+    that differ from the registry's defaults (the runs frame keys settings by them); `eta` repeats
+    options["eta"] (null for samplers without one)."""
     cuda = device.startswith("cuda")
     fp = provenance.fingerprint(device)
     return {
@@ -266,7 +275,9 @@ def run_record(*, cfg: SampleConfig, point: GridPoint, eta: Optional[float], dif
         "sampler": point.sampler,
         "steps": point.steps,
         "spacing": point.spacing,
-        "eta": eta,
+        "eta": options.get("eta"),
+        "options": dict(options),
+        "non_default_options": samplers.non_default_options(point.sampler, options),  # what the name spells
         "nfe": nfe,
         "nfe_expected": samplers.nfe(point.sampler, point.steps),
         "n_images": n,
@@ -297,22 +308,20 @@ def run_record(*, cfg: SampleConfig, point: GridPoint, eta: Optional[float], dif
 # ---------------------------------------------------------------------------- the stage
 
 
-def _check_point(point: GridPoint, diffusion: DiffusionConfig) -> Optional[float]:
-    """Validate the grid point; return the eta actually used (0.0 default for eta samplers, else None)."""
+def _check_point(point: GridPoint, diffusion: DiffusionConfig) -> dict:
+    """Validate the grid point; return the options actually used: every option of its sampler, defaults
+    filled in (the registry's specs), e.g. {"eta": 0.0, "clip_x0": False} for ddim."""
     if point.sampler not in samplers.SAMPLERS:
         raise SampleError(f"sampler: unknown {point.sampler!r}; known: {', '.join(samplers.SAMPLERS)}")
     if isinstance(point.steps, bool) or not isinstance(point.steps, int) or not 1 <= point.steps <= diffusion.T:
         raise SampleError(f"steps: {point.steps!r} must be an integer in 1..T={diffusion.T} (diffusion.T)")
     if point.spacing not in SPACINGS:
         raise SampleError(f"spacing: {point.spacing!r}; allowed: {list(SPACINGS)}")
-    if samplers.takes_eta(point.sampler):
-        eta = 0.0 if point.eta is None else point.eta
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-            raise SampleError(f"eta: {point.eta!r} for sampler {point.sampler!r} must be a number in [0, 1]")
-        return float(eta)
-    if point.eta is not None:
-        raise SampleError(f"eta: sampler {point.sampler!r} takes no eta, got {point.eta!r}; leave it unset")
-    return None
+    try:
+        samplers.check_spacing(point.sampler, point.spacing)
+        return samplers.resolve_options(point.sampler, dict(point.options))
+    except ValueError as e:
+        raise SampleError(str(e)) from None
 
 
 def run(
@@ -328,7 +337,7 @@ def run(
     from pipeline import data
 
     # ---- every check before any compute
-    eta = _check_point(point, diffusion)
+    options = _check_point(point, diffusion)
     n = cfg.n_for(point.steps)
     device = provenance.resolve_device(cfg.device)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -340,7 +349,7 @@ def run(
 
     # ---- warm-up (untimed), then the timed sampling
     warm_up(eps_fn, shape, seeds[:cfg.batch_size], diffusion.T, device)
-    x, nfe, wall = generate(eps_fn, point, schedule, seeds, shape, cfg.batch_size, device, eta=eta,
+    x, nfe, wall = generate(eps_fn, point, schedule, seeds, shape, cfg.batch_size, device, options=options,
                             where=f"{dataset}/{point.name}")
     peak = peak_memory(device)
 
@@ -348,7 +357,7 @@ def run(
     samples, grid = render(x, manifest, cfg.grid_images, f"{dataset} {point.name}")
     buf = io.BytesIO()
     np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
-    record = run_record(cfg=cfg, point=point, eta=eta, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
+    record = run_record(cfg=cfg, point=point, options=options, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
                         wall=wall, peak=peak, device=device, model_info=model_info,
                         manifest_sha256=files.sha256_file(data_dir / "manifest.json"), samples_dtype=samples.dtype)
     files.write_bytes(out_dir / "samples.npz", buf.getvalue())

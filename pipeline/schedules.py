@@ -79,7 +79,8 @@ class NoiseSchedule:
 
 
 def timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
-    """Exactly `steps` distinct training indices in 0..T-1, descending (the order a sampler visits them).
+    """Exactly `steps` training indices in 0..T-1, descending (the order a sampler visits them); distinct
+    for every spacing but `quadratic-ddim`.
 
     spacing:
       uniform    0, k, 2k, ..., (steps-1) k with k = T // steps (DDIM/PNDM official `range(0, T, k)`,
@@ -88,8 +89,11 @@ def timesteps(T: int, steps: int, spacing: str = "uniform") -> torch.Tensor:
       quadratic  int((i * sqrt(0.8 T) / (steps - 1))^2), i = 0..steps-1 (DDIM official, truncation).
       linspace   round(linspace(0, T-1, steps)) (respacing tutorials, diffusers "linspace" for DDIM/PNDM).
       trailing   round(T - i T/steps) - 1, i = 0..steps-1 (diffusers "trailing"; always starts at T-1).
+      quadratic-ddim  the `quadratic` rule with its repeats kept, exactly as the DDIM repository runs it
+                 (49 distinct of 50; at 1000 steps it starts at 800): steps with t == t_next, which
+                 only the samplers registered with `repeats=True` (ddim, ddpm, ddpm-large) take.
 
-    Duplicates (quadratic repeats 0 at 100 of 1000 steps) are resolved in ascending order by raising
+    Duplicates of the other rules (quadratic repeats 0 at 100 of 1000 steps) are resolved in ascending order by raising
     each index to at least its predecessor + 1, so the first indices become consecutive. If that would
     pass T-1 the request is impossible and a ValueError names the values; a different number of steps
     is never returned.

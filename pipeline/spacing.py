@@ -4,7 +4,10 @@ Torch-free (numpy only), so that config validation can check every grid point wi
 importing torch; `schedules.timesteps` wraps `indices` into the LongTensor samplers take.
 
 `SPACINGS` is the registry: name -> rule giving ascending candidate indices (possibly
-repeated) for (T, steps). Adding a spacing is one function and one entry here.
+repeated) for (T, steps). Adding a spacing is one function and one entry here. Repeated
+candidates are made distinct (`resolve`), except for the spacings in `REPEATS`, which keep
+them as the official code does (a step with t == t_next; only samplers registered with
+`repeats=True` take those, see `pipeline.samplers.check_spacing`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,12 @@ def _quadratic(T: int, steps: int) -> list[int]:
     return [int(v) for v in np.linspace(0, math.sqrt(0.8 * T), steps) ** 2]
 
 
+def _quadratic_ddim(T: int, steps: int) -> list[int]:
+    # The DDIM repository's own quadratic grid, repeats kept: 49 distinct of 50 indices, 96 of 100;
+    # at steps = 1000 it starts at t = 800 (our `quadratic` makes them distinct: 0..999).
+    return _quadratic(T, steps)
+
+
 def _linspace(T: int, steps: int) -> list[int]:
     # round(linspace(0, T-1, steps)): respacing tutorials, diffusers "linspace".
     return [int(v) for v in np.round(np.linspace(0, T - 1, steps))]
@@ -41,7 +50,9 @@ SPACINGS: dict[str, Callable[[int, int], list[int]]] = {
     "quadratic": _quadratic,
     "linspace": _linspace,
     "trailing": _trailing,
+    "quadratic-ddim": _quadratic_ddim,
 }
+REPEATS = frozenset({"quadratic-ddim"})  # spacings whose indices may repeat (not made distinct)
 
 
 def check_T(T) -> None:
@@ -65,7 +76,8 @@ def resolve(raw: list[int], T: int, steps: int, spacing: str) -> list[int]:
 
 
 def indices(T: int, steps: int, spacing: str = "uniform") -> list[int]:
-    """Exactly `steps` distinct training indices in 0..T-1, descending; see `schedules.timesteps`."""
+    """Exactly `steps` training indices in 0..T-1, descending; distinct unless `spacing` is in REPEATS
+    (then non-increasing); see `schedules.timesteps`."""
     check_T(T)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
         raise ValueError(f"steps: must be an integer, got {steps!r}")
@@ -74,4 +86,10 @@ def indices(T: int, steps: int, spacing: str = "uniform") -> list[int]:
         raise ValueError(f"steps: must be in 1..T={T}, got {steps}")
     if spacing not in SPACINGS:
         raise ValueError(f"spacing: unknown {spacing!r}; known: {', '.join(SPACINGS)}")
-    return resolve(SPACINGS[spacing](T, steps), T, steps, spacing)[::-1]
+    raw = SPACINGS[spacing](T, steps)
+    if spacing in REPEATS:
+        if len(raw) != steps or raw != sorted(raw) or raw[0] < 0 or raw[-1] > T - 1:
+            raise ValueError(f"spacing {spacing!r} with steps={steps}, T={T} gives indices {raw}, not {steps} "
+                             f"ascending values in 0..{T - 1}")
+        return raw[::-1]
+    return resolve(raw, T, steps, spacing)[::-1]

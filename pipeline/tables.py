@@ -75,7 +75,8 @@ def papers_reasons(g: pd.DataFrame) -> str:
     return "; ".join(out + ([f"N = {', '.join(ns)}"] if ns else []))
 
 
-def _paper_frames(g: pd.DataFrame, dataset: str, features: str) -> tuple[Optional[pd.DataFrame], Optional[pd.DataFrame]]:
+def _paper_frames(g: pd.DataFrame, dataset: str,
+                  features: str) -> tuple[Optional[pd.DataFrame], Optional[pd.DataFrame]]:
     """(published numbers beside ours, published numbers as context): the first when every run
     is comparable by provenance, else the second for a data set and feature space named like
     the papers' (context needs no like-for-like, only relevance), else neither."""
@@ -112,7 +113,8 @@ def ddim_table1_layout(g: pd.DataFrame, dataset: str, features: str, spacing: st
     paper, context = _paper_frames(g, dataset, features)
     pcurves = series_curves(paper) if paper is not None else {}
     etas = sorted(set(TABLE1_ETAS) | {k[1] for k in curves if k[0] == "ddim"})
-    rows = [("ddim", e) for e in etas] + [(SIGMA_HAT, None)]
+    # the sigma-hat row: ddpm-large as run (with the official clip_x0 unless a data set overrides it)
+    rows = [("ddim", e) for e in etas] + [k for k in dict.fromkeys([*curves, *pcurves]) if k[0] == SIGMA_HAT]
     rows = [r for r in rows if r in curves or r in pcurves]
     steps = sorted({s for r in rows for s in (list(curves[r].index) if r in curves else [])}
                    | {s for r in rows for s in (list(pcurves[r].index) if r in pcurves else [])})
@@ -152,12 +154,12 @@ def pndm_layout(g: pd.DataFrame, dataset: str, features: str, spacing: str) -> L
 
 
 def _row_label(kind: str, key: SeriesKey, layout: str, fl: Flavor) -> str:
-    sampler, eta = key
+    sampler, eta = key[:2]
     if kind == "nfe":
         return fl.nfe_row
     if layout == "ddim_table1":
         return fl.sigma_hat if sampler == SIGMA_HAT else f"{fl.eta} = {eta:.1f}"
-    name = fl.esc(sampler)
+    name = fl.esc(" ".join((sampler,) + tuple(key[2:])))  # non-default options, e.g. "lower_order_final=false"
     return name if eta is None else f"{name} ({fl.eta} = {eta:g})"
 
 
@@ -226,7 +228,8 @@ def _table_text(t: Layout, preset: str, fl: Flavor) -> tuple[str, str, list[str]
         notes.append(
             f"Cells: ours [interval] / published, in rows with published numbers; ours are comparable to "
             f"them by provenance (standard FID Inception weights, the exact CIFAR-10 training set as reference, "
-            f"N = {src.n_images:,}, the papers' checkpoint). Published: {fl.esc(cite.short)}, {src.where}, CIFAR-10, Inception FID, "
+            f"N = {src.n_images:,}, the papers' checkpoint). Published: {fl.esc(cite.short)}, {src.where}, "
+            f"CIFAR-10, Inception FID, "
             f"N = {src.n_images:,}, {fl.esc(src.reference_set)} statistics, {fl.code(src.spacing)} spacing"
             + ("" if t.spacing == src.spacing else
                f" (this table: {fl.code(t.spacing)} spacing, so the columns are not like for like)")
@@ -259,8 +262,9 @@ def render_markdown(t: Layout, preset: str) -> str:
     if t.cells.empty:
         return head + "_No grid point of this layout was measured._\n"
     cells = _render_cells(t, fl)
+    n_steps = t.cells.shape[1]
     table = cells.to_markdown(tablefmt="pipe", disable_numparse=True,
-                              colalign=["left"] + ["right"] * t.cells.shape[1] + ["left"] * (cells.shape[1] - t.cells.shape[1]))
+                              colalign=["left"] + ["right"] * n_steps + ["left"] * (cells.shape[1] - n_steps))
     return head + table + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 

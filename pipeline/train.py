@@ -44,7 +44,7 @@ from torch import nn
 
 from pipeline import console, files, provenance
 from pipeline.checkpoint import (KIND_DIFFUSERS, KIND_UNET, STATE_JSON, import_pretrained, load_state,
-                                 save_checkpoint, save_state)
+                                 save_checkpoint, save_state, verify_shipped)
 from pipeline.config import ConfigError, DiffusionConfig, ModelConfig, TrainConfig
 from pipeline.data import PreparedData, load_prepared
 from pipeline.images import from_uint8
@@ -288,6 +288,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
     }
     if model_cfg.pretrained:
         return _import_and_save(model_cfg, shape, common, out_dir)
+    if model_cfg.checkpoint:
+        return _use_shipped(model_cfg, shape, common, out_dir)
 
     ucfg = model_config_for(model_cfg, shape)
     device = provenance.resolve_device(cfg.device)
@@ -338,6 +340,20 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
 def _training_tensor(data: PreparedData) -> torch.Tensor:
     """uint8 images (converted per minibatch) or the gaussian's float samples."""
     return data.samples if data.samples is not None else data.images
+
+
+def _use_shipped(model_cfg: ModelConfig, shape: tuple, common: dict, out_dir: Path) -> dict:
+    """`model.checkpoint`: the shipped weights stand in for training, byte for byte; the sidecar
+    keeps the original training record and says where the weights came from."""
+    path, sidecar = verify_shipped(model_cfg.checkpoint, shape, common["diffusion"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files.write_bytes(out_dir / "unet.safetensors", path.read_bytes())
+    sidecar = {**sidecar, "shipped_from": str(model_cfg.checkpoint), "shipped_data_manifest_sha256":
+               common["data_manifest_sha256"]}
+    files.write_json(out_dir / "unet.json", sidecar)
+    write_loss_outputs(out_dir, [], f"{common['dataset']}: shipped checkpoint {model_cfg.checkpoint} "
+                                    f"({sidecar.get('step')} steps; its loss curve lives beside it)")
+    return sidecar
 
 
 def _import_and_save(model_cfg: ModelConfig, shape: tuple, common: dict, out_dir: Path) -> dict:

@@ -10,8 +10,8 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline import aggregate, claims
-from synthetic_runs import FAILS, HOLDS, SERIES_STEPS, STEPS, nfe_of, write_all
+from pipeline import aggregate, claims, records
+from synthetic_runs import B, FAILS, HOLDS, N, SERIES_STEPS, STEPS, nfe_of, write_all
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +27,12 @@ def test_runs_csv_one_tidy_row_per_point_and_features(result):
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == len(frame) == n
     for col in ("dataset", "sampler", "steps", "nfe", "spacing", "eta", "n_images", "features", "fid",
-                "kid_mean", "kid_std", "wall_s", "images_per_s", "s_per_nfe", "device_name",
-                "comparable_to_papers"):
+                "fid_lo", "fid_hi", "kid_mean", "kid_std", "kid_lo", "kid_hi", "wall_s", "images_per_s",
+                "s_per_nfe", "device_name", "comparable_to_papers", "papers_note", "fid_replicates"):
         assert col in runs.columns
+    assert (runs.fid_lo < runs.fid).all() and (runs.fid < runs.fid_hi).all()
+    reps = records.parse_replicates(runs.fid_replicates.iloc[0])  # survives the CSV round trip
+    assert reps.shape == (B,) and runs.interval_blocks.iloc[0] == B
     row = runs[(runs.dataset == "cifar10") & (runs.sampler == "f-pndm") & (runs.steps == 50)].iloc[0]
     assert row.nfe == 59 and row.fid == pytest.approx(HOLDS[("f-pndm", None)](50))
     assert row.s_per_nfe == pytest.approx(row.wall_s / row.nfe)
@@ -66,12 +69,14 @@ def test_metrics_hold_each_sampler_settings_best_fid_and_where(result):
     cifar, mnist = m["cifar10"]["inception"], m["mnist"]["classifier"]
     assert list(cifar) == ["ddim η=0", "ddim η=0.2", "ddim η=0.5", "ddim η=1", "ddpm-large", "s-pndm",
                            "f-pndm", "dpm-solver++"]
-    assert cifar["f-pndm"] == {"best_fid": pytest.approx(3.1), "nfe": 109, "steps": 100, "spacing": "uniform"}
+    assert cifar["f-pndm"] == {"best_fid": pytest.approx(3.04), "nfe": 259, "steps": 250, "spacing": "uniform",
+                               "n_images": N}
     assert cifar["ddpm-large"]["steps"] == 250, "equal FID at 250 and 1000 steps: the fewer NFE"
     for world, got in ((HOLDS, cifar), (FAILS, mnist)):
         for (sampler, eta), label in zip(world, got):
             fid, nfe, steps = best_of(world, sampler, eta)
-            assert got[label] == {"best_fid": pytest.approx(fid), "nfe": nfe, "steps": steps, "spacing": "uniform"}
+            assert got[label] == {"best_fid": pytest.approx(fid), "nfe": nfe, "steps": steps, "spacing": "uniform",
+                                  "n_images": N}
     assert m["gaussian"]["exact"]["ddim η=1"]["best_fid"] == pytest.approx(2.0), "FID without KID is kept"
     json.dumps(m, allow_nan=False)  # plain JSON for `dvc metrics show`
 
@@ -80,5 +85,16 @@ def test_metrics_of_a_setting_without_finite_fid_are_null(result):
     frame = result[0].copy()
     frame.loc[frame.sampler == "f-pndm", "fid"] = float("nan")
     m = aggregate.headline_metrics(frame)
-    assert m["cifar10"]["inception"]["f-pndm"] == {"best_fid": None, "nfe": None, "steps": None, "spacing": None}
+    assert m["cifar10"]["inception"]["f-pndm"] == {"best_fid": None, "nfe": None, "steps": None, "spacing": None,
+                                                   "n_images": None}
     json.dumps(m, allow_nan=False)
+
+
+def test_metrics_compare_fids_only_at_equal_n(result):
+    # the 1000-step point at a smaller N (as in the gpu preset) would have the lowest FID: not like for like
+    frame = result[0].copy()
+    ddim0 = (frame.dataset == "cifar10") & (frame.sampler == "ddim") & (frame.eta == 0.0)
+    frame.loc[ddim0 & (frame.steps == 1000), ["n_images", "fid"]] = [16, 0.5]
+    best = aggregate.headline_metrics(frame)["cifar10"]["inception"]["ddim η=0"]
+    assert best["steps"] == 250 and best["n_images"] == N
+    assert best["best_fid"] == pytest.approx(HOLDS[("ddim", 0.0)](250))

@@ -46,7 +46,10 @@ def test_grid_expands_ddim_table_and_pndm_table_without_duplicates(params):
     for steps in g["ddim_table"]["steps"]:
         for eta in g["ddim_table"]["eta"]:
             assert f"ddim-s{steps}-uniform-eta{eta:g}" in names
-        assert f"ddpm-large-s{steps}-uniform" in names
+        # the sigma-hat row is the official sampler, which clamps x_0 (ermongroup/ddim ddpm_steps)
+        assert f"ddpm-large-s{steps}-uniform-clip" in names
+    gauss = [p.name for p in cfg.runs["gaussian"].points]  # its data are not in [-1, 1]: no clamping
+    assert "ddpm-large-s10-uniform" in gauss and not any(n.endswith("-clip") for n in gauss)
     for sampler in g["pndm_table"]["samplers"]:
         for steps in g["pndm_table"]["steps"]:
             suffix = "-eta0" if sampler == "ddim" else ""
@@ -56,7 +59,7 @@ def test_grid_expands_ddim_table_and_pndm_table_without_duplicates(params):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda p: p["grid"]["pndm_table"]["samplers"].append("euler-magic"), "grid.pndm_table.samplers.8: 'euler-magic' is not one of ['ddpm', 'ddpm-large', 'ddim',"),
+        (lambda p: p["grid"]["pndm_table"]["samplers"].append("euler-magic"), "grid.pndm_table.samplers.9: 'euler-magic' is not one of ['ddpm', 'ddpm-large', 'ddim',"),
         (lambda p: p["grid"]["pndm_table"].__setitem__("steps", [0]), "grid.pndm_table.steps.0: 0 is less than the minimum of 1"),
         (lambda p: p["grid"]["ddim_table"].__setitem__("steps", [2000]), "steps=2000 for ddim exceeds diffusion.T=1000"),
         (lambda p: p["grid"]["ddim_table"].__setitem__("eta", [-0.1]), "grid.ddim_table.eta.0: -0.1 is less than the minimum of 0"),
@@ -74,6 +77,10 @@ def test_grid_expands_ddim_table_and_pndm_table_without_duplicates(params):
         (lambda p: (p["fid"].__setitem__("features", ["inception"]), p["fid"].__setitem__("inception_weights", "/nonexistent.pth")),
          "fid.inception_weights: '/nonexistent.pth' does not exist"),
         (lambda p: p["sample"].__setitem__("n_images", -5), "sample.n_images: -5 is less than the minimum of 1"),
+        (lambda p: p["model"].__setitem__("checkpoint", "/nonexistent/unet.safetensors"),
+         "model.checkpoint: '/nonexistent/unet.safetensors' does not exist"),
+        (lambda p: p["model"].update(checkpoint="params.yaml", pretrained="google/ddpm-cifar10-32"),
+         "model: set either model.pretrained ('google/ddpm-cifar10-32') or model.checkpoint ('params.yaml'), not both"),
     ],
 )
 def test_each_bad_value_is_named_with_key_and_allowed_values(params, mutate, message):
@@ -474,8 +481,8 @@ def test_a_newly_registered_sampler_joins_every_preset_that_says_all(repo_root, 
         assert cfg.pndm_table["samplers"][-1] == new_sampler, preset
         for run in cfg.runs.values():
             assert any(p.sampler == new_sampler for p in run.points), (preset, run.dataset.name)
-    # the gpu/paper grids are the ones they listed by hand before `all_except`
-    assert set(cfg.pndm_table["samplers"]) - {new_sampler} == {"ddim", "s-pndm", "f-pndm", "fon", "pndm-prk", "plms", "dpm-solver++"}
+    # the gpu/paper grids are the ones they listed by hand before `all_except`, and both FON variants
+    assert set(cfg.pndm_table["samplers"]) - {new_sampler} == {"ddim", "s-pndm", "f-pndm", "fon", "rk4-ab4", "pndm-prk", "plms", "dpm-solver++"}
 
 
 def test_schema_enums_are_the_registries():
@@ -495,3 +502,80 @@ def test_schema_enums_are_the_registries():
 def test_a_registered_sampler_is_allowed_by_name(params, new_sampler):
     params["grid"]["pndm_table"]["samplers"] = ["ddim", new_sampler]
     assert any(p.sampler == new_sampler for p in load(params).runs["mnist-embedded"].points)
+
+
+# ---------------------------------------------------------------------------- sampler options (grid.<table>.options)
+
+
+def test_sampler_options_make_grid_axes_and_name_their_points(params):
+    params["grid"]["pndm_table"]["options"] = {"dpm-solver++": {"lower_order_final": [True, False]}}
+    params["grid"]["ddim_table"]["options"] = {"ddim": {"clip_x0": [False, True]}}
+    names = [p.name for p in load(params).runs["mnist-embedded"].points]
+    assert {"dpm-solver++-s10-uniform", "dpm-solver++-s10-uniform-nolof"} <= set(names)
+    assert {"ddim-s10-uniform-eta0.5", "ddim-s10-uniform-eta0.5-clip", "ddpm-large-s10-uniform-clip"} <= set(names)
+    assert len(names) == len(set(names))
+    # the default setting keeps its old name: existing names stay valid
+    assert "f-pndm-s20-uniform" in names and "ddim-s10-uniform-eta0" in names
+
+
+def test_sigma_hat_row_takes_the_official_clip_unless_overridden(params):
+    cfg = load(params)
+    large = [p for p in cfg.runs["mnist-embedded"].points if p.sampler == "ddpm-large"]
+    assert large and all(dict(p.options) == {"clip_x0": True} for p in large)
+    assert all(dict(p.options) == {"clip_x0": False} for p in cfg.runs["gaussian"].points if p.sampler == "ddpm-large")
+
+
+WHERE = " (dataset mnist-embedded)"
+
+
+@pytest.mark.parametrize(
+    "table, options, message",
+    [
+        ("pndm_table", {"ddim": {"etaa": 0.5}},
+         "grid.pndm_table.options.ddim.etaa" + WHERE + ": sampler 'ddim' has no option 'etaa'; it takes eta (a number in [0, 1], default 0); clip_x0 (true or false, default false)"),
+        ("pndm_table", {"plms": {"eta": 0.5}},
+         "grid.pndm_table.options.plms.eta" + WHERE + ": sampler 'plms' has no option 'eta'; it takes no options"),
+        ("pndm_table", {"dpm-solver++": {"lower_order_final": "yes"}},
+         "grid.pndm_table.options.dpm-solver++.lower_order_final" + WHERE + ": 'yes' is not allowed: must be true or false, got 'yes'"),
+        ("pndm_table", {"ddim": {"eta": [0.5, 2]}},
+         "grid.pndm_table.options.ddim.eta.1" + WHERE + ": 2 is not allowed: must be a number in [0, 1], got 2"),
+        ("pndm_table", {"ddim": {"eta": [0.5, 0.5]}}, "grid.pndm_table.options.ddim.eta" + WHERE + ": [0.5, 0.5] repeats a value"),
+        ("pndm_table", {"ddpm-large": {"clip_x0": True}},
+         "grid.pndm_table.options.ddpm-large" + WHERE + ": 'ddpm-large' is not a row of this table; its rows: ddim, s-pndm,"),
+        ("pndm_table", {"euler": {"order": 2}}, "grid.pndm_table.options.euler" + WHERE + ": unknown sampler 'euler'; known: ddpm,"),
+        ("ddim_table", {"ddim": {"eta": 0.5}},
+         "grid.ddim_table.options.ddim.eta" + WHERE + ": the table's eta rows are grid.ddim_table.eta; set them there"),
+        ("ddim_table", {"ddim": {"eta2": {"a": 1}}}, "grid.ddim_table.options.ddim.eta2: {'a': 1} is not valid under any of the given schemas"),
+    ],
+)
+def test_bad_sampler_options_are_named_with_key_and_what_is_allowed(params, table, options, message):
+    params["grid"][table]["options"] = options
+    with pytest.raises(ConfigError) as e:
+        load(params)
+    assert message in str(e.value)
+
+
+def test_a_spacing_with_repeated_indices_needs_a_sampler_that_takes_them(params):
+    params["grid"]["ddim_table"]["spacings"] = ["quadratic-ddim"]
+    params["grid"]["ddim_table"]["steps"] = [50]
+    points = load(params).runs["mnist-embedded"].points
+    assert "ddim-s50-quadratic-ddim-eta0" in {p.name for p in points}
+    params["grid"]["pndm_table"]["spacings"] = ["quadratic-ddim"]
+    with pytest.raises(ConfigError, match=r"grid \(dataset mnist-embedded\): s-pndm-s10-quadratic-ddim: spacing: "
+                                          r"'quadratic-ddim' keeps repeated indices .* samplers that can: ddpm, ddpm-large, ddim"):
+        load(params)
+
+
+def test_every_point_name_of_every_preset_reads_back_and_fits_the_snakefile(repo_root):
+    import re
+
+    constraint = re.search(r'^\s*point="([^"]+)"', (repo_root / "Snakefile").read_text(), flags=re.M)[1]
+    for preset in ("embedded", "cpu", "gpu", "paper"):
+        merged, _ = config.resolve_dict(repo_root / "params.yaml", preset=preset)
+        for ds in merged["datasets"].values():
+            ds["download"] = True
+        merged["fid"]["inception_weights"] = None
+        for run in config.from_dict(merged, base_dir=repo_root).runs.values():
+            for p in run.points:
+                assert config.GridPoint.parse(p.name) == p, p.name
+                assert re.fullmatch(constraint, p.name), (preset, p.name)

@@ -124,48 +124,85 @@ def test_fid_and_kid_grow_with_noise(images, mnist_dir, clf_path, clf_stats, tmp
     rec = recs[0]
     assert rec["n_images"] == N_SAMPLES and rec["ref_n"] == N_REF and rec["comparable_to_papers"] is False
     assert rec["feature_extractor"] == classifier.EXTRACTOR_NAME and rec["features"] == "classifier"
-    assert rec["kid_subset_size"] == 200 and rec["kid_std"] >= 0
+    # KID is the full-set statistic (no subsets); kid_std is its jackknife standard error
+    assert rec["kid_subset_size"] is None and rec["kid_ref_n"] == N_REF and rec["kid_std"] > 0
+    assert rec["interval_blocks"] == 20 and rec["interval_level"] == 0.95 and rec["interval_note"] is None
+    assert rec["interval_method"] == "delete-a-block jackknife over seed blocks"
+    assert rec["seeds"] is None  # these samples.npz carry no seeds
+    for r in recs:
+        assert r["fid_ci"][0] < r["fid"] < r["fid_ci"][1] and len(r["fid_replicates"]) == 20
+        assert r["kid_ci"][0] < r["kid_mean"] < r["kid_ci"][1] and len(r["kid_replicates"]) == 20
+    # the noise levels that FID ranks are told apart by the paired intervals too (same images, same blocks)
+    from pipeline import intervals
+
+    for a, b in zip(recs, recs[1:]):
+        _, lo, _, _ = intervals.paired_difference(b["fid"], b["fid_replicates"], a["fid"], a["fid_replicates"])
+        assert lo > 0
     assert rec["ref_stats_id"] == files.read_json(clf_stats.with_suffix(".json"))["stats_id"]
     assert files.read_json(tmp_path / "fid0.json")["fid"] == rec["fid"]
     assert "torch_fidelity" in rec["fingerprint"]
 
 
 def test_stored_stats_agree_with_torch_fidelity_on_the_sets(images, mnist_dir, clf_path, clf_stats, tmp_path):
-    """evaluate (sample features vs stored stats) == calculate_metrics on the two image sets."""
+    """evaluate (sample features vs stored stats) == calculate_metrics on the two image sets.
+
+    KID is the full-set unbiased MMD^2 against the stored reference subset: torch-fidelity computes the
+    same number when that subset is as large as the sample set and the KID subset is both sets whole
+    (every subset draw is then a permutation).
+    """
     samples = noisy(images[N_REF:], 24.0, seed=1)
-    rec = fid.evaluate(fid_cfg(), "classifier", write_samples(tmp_path / "s.npz", samples), mnist_dir, clf_stats,
+    cfg = fid_cfg(kid_ref_n=N_SAMPLES)
+    stats_path = tmp_path / "kid300.npz"
+    fid.reference_stats(cfg, "classifier", mnist_dir, clf_path, stats_path)
+    rec = fid.evaluate(cfg, "classifier", write_samples(tmp_path / "s.npz", samples), mnist_dir, stats_path,
                        clf_path, tmp_path / "fid.json", "mnist-embedded", "p")
     direct = fid.calculate_metrics(features.ImageSet(samples), features.ImageSet(images[:N_REF]),
                                    feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
-                                   kid_subsets=20, kid_subset_size=200, rng_seed=0)
+                                   kid=False)
     assert rec["fid"] == pytest.approx(direct["fid"], rel=1e-4)
-    # all reference features are kept (kid_ref_n >= ref_n) and the subset draws share the seed
+    with np.load(stats_path) as z:
+        kid_index = z["kid_index"]
+    assert len(kid_index) == N_SAMPLES == rec["kid_ref_n"]
+    direct = fid.calculate_metrics(features.ImageSet(samples), features.ImageSet(images[kid_index]),
+                                   feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
+                                   fid=False, kid_subsets=2, kid_subset_size=N_SAMPLES)
     assert rec["kid_mean"] == pytest.approx(direct["kid_mean"], rel=1e-4)
 
 
 def test_kid_is_the_unbiased_mmd_with_the_cubic_kernel():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(40, 8, generator=g, dtype=torch.float64)
-    y = torch.randn(40, 8, generator=g, dtype=torch.float64) * 1.3 + 0.4
-    d, m = 8, 40
+    y = torch.randn(30, 8, generator=g, dtype=torch.float64) * 1.3 + 0.4
+    d, n, m = 8, 40, 30
 
     def k(a, b):
         return (a @ b.T / d + 1) ** 3
 
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    # Binkowski et al. 2018: unbiased MMD^2 (diagonals dropped from the within-set sums)
-    want = ((kxx.sum() - kxx.trace()) + (kyy.sum() - kyy.trace())) / (m * (m - 1)) - 2 * kxy.mean()
-    out = fid.kid(x, y, subsets=3, subset_size=m, seed=0)  # subset = whole set: every draw is a permutation
+    # Binkowski et al. 2018: unbiased MMD^2 (diagonals dropped from the within-set sums), sets of any sizes
+    want = (kxx.sum() - kxx.trace()) / (n * (n - 1)) + (kyy.sum() - kyy.trace()) / (m * (m - 1)) - 2 * kxy.mean()
+    out = fid.kid(x, y, blocks=8)
     assert out["kid_mean"] == pytest.approx(float(want), rel=1e-9)
-    assert out["kid_std"] == pytest.approx(0.0, abs=1e-12)
-    assert fid.kid(x, y[:10], subsets=2, subset_size=1000, seed=0)["kid_subset_size"] == 10  # capped
+    assert out["kid_ci"][0] < out["kid_mean"] < out["kid_ci"][1] and len(out["kid_replicates"]) == 8
+    assert out["kid_std"] > 0 and out["kid_ref_n"] == m and out["note"] is None
+    alone = fid.kid(x, y, blocks=None)
+    assert alone["kid_mean"] == pytest.approx(out["kid_mean"], rel=1e-12)
+    assert alone["kid_std"] is None and alone["kid_ci"] is None
+    few = fid.kid(x, y[:6], blocks=8)  # 6 reference features cannot fill 8 jackknife blocks
+    assert few["kid_mean"] is not None and few["kid_ci"] is None and "too few" in few["note"]
 
 
-def test_kid_subset_capped_at_smaller_n(images, mnist_dir, clf_path, clf_stats, tmp_path):
-    path = write_samples(tmp_path / "few.npz", images[N_REF : N_REF + 40])
-    rec = fid.evaluate(fid_cfg(kid_subset_size=1000), "classifier", path, mnist_dir, clf_stats, clf_path,
-                       tmp_path / "f.json", "mnist-embedded", "p")
-    assert rec["kid_subset_size"] == 40 and rec["n_images"] == 40
+def test_few_samples_get_fewer_blocks_and_none_below_ten(images, mnist_dir, clf_path, clf_stats, tmp_path):
+    rec = fid.evaluate(fid_cfg(), "classifier", write_samples(tmp_path / "few.npz", images[N_REF:N_REF + 40]),
+                       mnist_dir, clf_stats, clf_path, tmp_path / "f.json", "mnist-embedded", "p")
+    assert rec["n_images"] == 40 and rec["interval_blocks"] == 8 and len(rec["fid_replicates"]) == 8
+    seeds = np.arange(7, 7 + 8)
+    np.savez_compressed(tmp_path / "eight.npz", samples=images[N_REF:N_REF + 8].numpy(), seeds=seeds)
+    rec = fid.evaluate(fid_cfg(), "classifier", tmp_path / "eight.npz", mnist_dir, clf_stats, clf_path,
+                       tmp_path / "f8.json", "mnist-embedded", "p")
+    assert rec["fid"] is not None and rec["kid_mean"] is not None and rec["seeds"] == "7..14"
+    assert rec["fid_ci"] is rec["fid_replicates"] is rec["kid_ci"] is rec["kid_replicates"] is rec["kid_std"] is None
+    assert rec["interval_blocks"] is None and "too few" in rec["interval_note"]
 
 
 def test_reference_stats_computed_once_and_checked(mnist_dir, clf_path, clf_stats, images, tmp_path):
@@ -198,6 +235,33 @@ def test_reference_stats_computed_once_and_checked(mnist_dir, clf_path, clf_stat
         fid.evaluate(fid_cfg(), "classifier", samples, mnist_dir, tmp_path / "none.npz", clf_path,
                      tmp_path / "x.json", "m", "p")
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("change,key", [({"kid_ref_n": 500}, "kid_ref_n (fid.kid_ref_n)=1000, now 500"),
+                                        ({"seed": 1}, "kid_seed (fid.seed)=0, now 1"),
+                                        ({"ref_n": 900}, "count (fid.ref_n)=1000, now 900")])
+def test_stats_for_another_kid_subset_or_count_are_refused(mnist_dir, clf_path, clf_stats, images, tmp_path,
+                                                           change, key):
+    """The stats id covers the KID reference subset: a changed fid.kid_ref_n or fid.seed never reuses the old one."""
+    samples = write_samples(tmp_path / "s.npz", images[N_REF:N_REF + 20])
+    with pytest.raises(fid.FIDError) as err:
+        fid.evaluate(fid_cfg(**change), "classifier", samples, mnist_dir, clf_stats, clf_path, tmp_path / "x.json",
+                     "m", "p")
+    msg = str(err.value)
+    assert str(clf_stats) in msg and key in msg and "delete" in msg and "rerun the ref-stats stage" in msg
+    assert not (tmp_path / "x.json").exists()
+    # the ref-stats stage makes new stats for the new config instead of reusing the file
+    side = fid.reference_stats(fid_cfg(**change), "classifier", mnist_dir, clf_path, tmp_path / "new.npz")
+    assert side["stats_id"] != files.read_json(clf_stats.with_suffix(".json"))["stats_id"]
+    fid.evaluate(fid_cfg(**change), "classifier", samples, mnist_dir, tmp_path / "new.npz", clf_path,
+                 tmp_path / "x.json", "m", "p")
+
+
+def test_a_kid_ref_n_beyond_the_reference_set_is_the_same_subset(mnist_dir, clf_path, clf_stats, images, tmp_path):
+    """kid_ref_n is capped at the reference count: 5,000 asked of 1,000 images is all 1,000, the stored subset."""
+    rec = fid.evaluate(fid_cfg(kid_ref_n=5000), "classifier", write_samples(tmp_path / "s.npz", images[N_REF:N_REF + 20]),
+                       mnist_dir, clf_stats, clf_path, tmp_path / "x.json", "m", "p")
+    assert rec["kid_ref_n"] == N_REF
 
 
 def test_a_new_registered_space_runs_both_stages_unchanged(mnist_dir, clf_path, images, tmp_path, monkeypatch):
@@ -255,7 +319,8 @@ def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path
     with np.load(tmp_path / "inception.npz") as z:
         scale = float(np.trace(z["sigma"]))
     assert scale > 0 and abs(rec["fid"]) < 1e-3 * scale
-    assert rec["comparable_to_papers"] is True and rec["ref_n"] == 6 and rec["kid_subset_size"] == 6
+    assert rec["comparable_to_papers"] is True and rec["ref_n"] == 6 and rec["kid_ref_n"] == 6
+    assert rec["fid_ci"] is None and rec["interval_blocks"] is None and "too few" in rec["interval_note"]
 
 
 def test_missing_inception_weights_without_network_is_a_clear_error(monkeypatch, tmp_path, mnist_dir):
@@ -301,7 +366,13 @@ def test_exact_gaussian_fd_matches_closed_form(tmp_path):
     rec = fid.evaluate(fid_cfg(), "exact", path, gdir, None, None, tmp_path / "fid-exact.json", "gaussian",
                        "ddim-s10-uniform-eta0")
     assert rec["fid"] == pytest.approx(want, rel=1e-9)
-    assert rec["kid_mean"] is None and rec["kid_std"] is None and rec["ref_n"] is None
+    assert rec["kid_mean"] is None and rec["kid_std"] is None and rec["kid_ci"] is None and rec["ref_n"] is None
+    # its interval: the truth is fixed, the samples' blocks are the noise
+    from pipeline import gaussian, intervals
+
+    assert rec["interval_blocks"] == 20 and rec["fid_ci"][0] < rec["fid"] < rec["fid_ci"][1]
+    assert rec["fid_replicates"] == pytest.approx(gaussian.frechet_to_truth_replicates(x, mu, s, 20).tolist())
+    assert rec["fid_ci"] == pytest.approx(list(intervals.jackknife_interval(rec["fid"], rec["fid_replicates"])[:2]))
     assert rec["features"] == "exact" and rec["comparable_to_papers"] is False and rec["n_images"] == n
     with pytest.raises(fid.FIDError, match="does not apply"):
         fid.evaluate(fid_cfg(), "classifier", path, gdir, None, None, tmp_path / "x.json", "gaussian", "p")

@@ -27,9 +27,12 @@ def runs_frame() -> pd.DataFrame:
                     "dataset": dataset, "features": features, "point": GridPoint(sampler, s, "uniform", eta).name,
                     "sampler": sampler, "eta": eta, "spacing": "uniform", "steps": s, "nfe": nfe,
                     "fid": 2.0 + 50.0 / s * (1 + (eta or 0)), "wall_s": 0.01 * nfe * N, "n_images": N,
-                    "seed": 0, "device_name": "CPU (test)",
+                    "seed": 0, "device_name": "CPU (test)", "interval_level": 0.95,
                 })
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    frame["fid_lo"], frame["fid_hi"] = 0.9 * frame["fid"], 1.1 * frame["fid"]
+    frame.loc[frame.steps == 10, ["fid_lo", "fid_hi"]] = float("nan")  # no interval at S = 10 (as for N < 10)
+    return frame
 
 
 def write_samples(path, array):
@@ -130,3 +133,27 @@ def test_samples_npz_without_the_samples_array_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no array 'samples' among"):
         figures.read_first_images(tmp_path / "samples.npz", 1)
 
+
+
+def test_curves_draw_each_interval_as_an_error_bar(tmp_path, capsys):
+    frame = runs_frame()
+    g = frame[frame.dataset == "mnist"]
+    drawn = []
+    original = figures.plt.Axes.errorbar
+
+    def spy(ax, x, y, yerr=None, **kw):
+        drawn.append((list(x), list(y), [list(e) for e in yerr]))
+        return original(ax, x, y, yerr=yerr, **kw)
+
+    figures.plt.Axes.errorbar = spy
+    try:
+        assert figures.curve_figure(g, "fid_vs_steps", tmp_path / "fid_vs_steps-mnist")
+    finally:
+        figures.plt.Axes.errorbar = original
+    with_interval = g.dropna(subset=["fid_lo"])
+    assert sum(len(x) for x, _, _ in drawn) == len(with_interval), "one bar per point with an interval"
+    for x, y, (below, above) in drawn:
+        for xi, yi, b, a in zip(x, y, below, above):
+            row = with_interval[(with_interval.steps == xi) & (with_interval.fid == yi)].iloc[0]
+            assert (yi - b, yi + a) == pytest.approx((row.fid_lo, row.fid_hi))
+    assert "3 point(s) without an interval" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pipeline.unet import UNetConfig, build_unet
 MU, S = 5.0, 2.0
 DIFF = make(DiffusionConfig, T=1000)
 RECORD_FIELDS = (  # docs/design.md, "Records"
-    "dataset point sampler steps spacing eta nfe nfe_expected n_images seed seeds batch_size wall_s images_per_s "
+    "dataset point sampler steps spacing eta options nfe nfe_expected n_images seed seeds batch_size wall_s images_per_s "
     "s_per_nfe peak_mem_bytes device device_name torch checkpoint_sha256 data_manifest_sha256 fingerprint"
 ).split()
 
@@ -68,6 +68,8 @@ def test_record_fields_and_counted_nfe_for_every_sampler(gauss_dir, tmp_path):
         assert set(RECORD_FIELDS) <= set(rec), set(RECORD_FIELDS) - set(rec)
         assert rec["nfe"] == rec["nfe_expected"] == samplers.nfe(name, 5), name
         assert rec["point"] == point.name and rec["eta"] == eta and rec["n_images"] == 6
+        # every option of the sampler, defaults included (the registry's specs), eta among them
+        assert rec["options"] == samplers.resolve_options(name, {} if eta is None else {"eta": eta}), name
         assert rec["seeds"] == "0..5" and rec["batch_size"] == 4 and rec["n_batches"] == 2
         assert rec["wall_s"] > 0 and rec["images_per_s"] == pytest.approx(6 / rec["wall_s"])
         assert rec["s_per_nfe"] == pytest.approx(rec["wall_s"] / rec["nfe"])
@@ -78,6 +80,19 @@ def test_record_fields_and_counted_nfe_for_every_sampler(gauss_dir, tmp_path):
         assert (out / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # ddim without an eta runs its deterministic default and records it as 0.0
     assert sample.run(cfg(n_images=2), GridPoint("ddim", 3), DIFF, gauss_dir, None, tmp_path / "d", "gaussian")["eta"] == 0.0
+
+
+def test_record_carries_the_options_the_sampler_ran_with(gauss_dir, tmp_path):
+    point = GridPoint.parse("dpm-solver++-s10-uniform-nolof")
+    rec = sample.run(cfg(n_images=2), point, DIFF, gauss_dir, None, tmp_path / "a", "gaussian")
+    assert rec["options"] == {"lower_order_final": False} and rec["eta"] is None and rec["point"] == point.name
+    default = sample.run(cfg(n_images=2), GridPoint("dpm-solver++", 10), DIFF, gauss_dir, None, tmp_path / "b", "gaussian")
+    assert default["options"] == {"lower_order_final": True} and default["point"] == "dpm-solver++-s10-uniform"
+    assert not np.array_equal(load_samples(tmp_path / "a"), load_samples(tmp_path / "b"))  # the option was used
+    rec = sample.run(cfg(n_images=2), GridPoint("ddpm-large", 4, options=(("clip_x0", True),)), DIFF, gauss_dir, None,
+                     tmp_path / "c", "gaussian")
+    assert rec["options"] == {"clip_x0": True} and rec["point"] == "ddpm-large-s4-uniform-clip"
+    assert np.abs(load_samples(tmp_path / "c")).max() <= 1.0 + 1e-6  # clamped x_0 at the last step
 
 
 def json_roundtrip(rec: dict) -> dict:
@@ -133,7 +148,9 @@ def test_bad_inputs_fail_before_compute(gauss_dir, mnist_dir, tmp_path):
     cases = [
         (GridPoint("euler", 10), None, gauss_dir, "unknown 'euler'; known: ddpm"),
         (GridPoint("ddim", 1001), None, gauss_dir, "1..T=1000"),
-        (GridPoint("ddpm", 10, eta=0.5), None, gauss_dir, "takes no eta"),
+        (GridPoint("ddpm", 10, eta=0.5), None, gauss_dir, "sampler 'ddpm' has no option 'eta'"),
+        (GridPoint("ddim", 10, options=(("clip_x0", "yes"),)), None, gauss_dir, "clip_x0: must be true or false, got 'yes'"),
+        (GridPoint("plms", 10, "quadratic-ddim"), None, gauss_dir, "keeps repeated indices"),
         (GridPoint("ddim", 10, eta=1.5), None, gauss_dir, r"\[0, 1\]"),
         (GridPoint("ddim", 10, spacing="cubic"), None, gauss_dir, "spacing"),
         (GridPoint("ddim", 10), None, mnist_dir, "--model: required"),

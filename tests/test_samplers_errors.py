@@ -9,6 +9,7 @@ import torch
 from pipeline.gaussian import exact_eps_fn, frechet_to_truth
 from pipeline.samplers import SAMPLERS, NonFiniteError, nfe, sample, takes_eta
 from pipeline.samplers.ddim import ddim
+from pipeline.samplers.dpm_solver import dpm_solver_pp
 from pipeline.schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.linear(100)
@@ -23,7 +24,7 @@ def no_calls(x, t):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(name="ddim2"), r"sampler: unknown 'ddim2'; known: ddpm, ddpm-large, ddim, pndm-prk, s-pndm, f-pndm, fon, plms, dpm-solver\+\+"),
+        (dict(name="ddim2"), r"sampler: unknown 'ddim2'; known: ddpm, ddpm-large, ddim, pndm-prk, s-pndm, f-pndm, fon, rk4-ab4, plms, dpm-solver\+\+"),
         (dict(steps=0), r"steps: must be in 1..T=100, got 0"),
         (dict(steps=101), r"steps: must be in 1..T=100, got 101"),
         (dict(steps=10.0), r"steps: must be an integer, got 10.0"),
@@ -32,9 +33,14 @@ def no_calls(x, t):
         (dict(eta=-0.1), r"eta: must be a number in \[0, 1\], got -0.1"),
         (dict(eta=float("nan")), r"eta: must be a number in \[0, 1\], got nan"),
         (dict(eta="0"), r"eta: must be a number in \[0, 1\], got '0'"),
-        (dict(name="plms", eta=0.0), r"eta: sampler 'plms' has no eta parameter \(got eta=0.0\); pass eta=None"),
-        (dict(name="ddpm", eta=1.0), r"eta: sampler 'ddpm' has no eta parameter"),
-        (dict(spacing="leading"), r"spacing: unknown 'leading'; known: uniform, quadratic, linspace, trailing"),
+        (dict(name="plms", eta=0.0), r"eta: sampler 'plms' has no option 'eta' \(got eta=0.0\); it takes no options"),
+        (dict(name="ddpm", eta=1.0), r"eta: sampler 'ddpm' has no option 'eta' \(got eta=1.0\); it takes clip_x0 \(true or false, default false\)"),
+        (dict(options={"etaa": 0.5}), r"etaa: sampler 'ddim' has no option 'etaa' \(got etaa=0.5\); it takes eta \(a number in \[0, 1\], default 0\); clip_x0 \(true or false, default false\)"),
+        (dict(options={"clip_x0": 1}), r"clip_x0: must be true or false, got 1"),
+        (dict(name="dpm-solver++", options={"lower_order_final": "yes"}), r"lower_order_final: must be true or false, got 'yes'"),
+        (dict(eta=0.5, options={"eta": 0.2}), r"eta: given twice, eta=0.5 and options\['eta'\]=0.2"),
+        (dict(spacing="leading"), r"spacing: unknown 'leading'; known: uniform, quadratic, linspace, trailing, quadratic-ddim"),
+        (dict(name="plms", spacing="quadratic-ddim"), r"spacing: 'quadratic-ddim' keeps repeated indices \(steps with t == t_next\), which sampler 'plms' cannot take; samplers that can: ddpm, ddpm-large, ddim"),
         (dict(x_T=torch.zeros(3, 2, dtype=torch.long)), r"x_T: expected a float tensor \[B, ...\] with B >= 1, got tensor of dtype torch.int64"),
         (dict(x_T=[0.0, 1.0]), r"x_T: expected a float tensor .* got list"),
         (dict(x_T=torch.zeros(0, 2)), r"x_T: expected a float tensor .* shape \(0, 2\)"),
@@ -68,10 +74,13 @@ def test_eps_fn_with_the_wrong_shape_is_named():
 
 
 def test_direct_calls_check_their_timesteps_and_eta():
-    with pytest.raises(ValueError, match=r"timesteps: must be distinct, descending and in 0..99, got \[10, 20\]"):
+    # ddim takes repeated indices (the identity step of `quadratic-ddim`), DPM-Solver++ does not (h = 0)
+    with pytest.raises(ValueError, match=r"timesteps: must be non-increasing and in 0..99, got \[10, 20\]"):
         ddim(EPS, X, SCHEDULE, torch.tensor([10, 20]))
-    with pytest.raises(ValueError, match=r"timesteps: must be distinct, descending and in 0..99, got \[100, 5\]"):
+    with pytest.raises(ValueError, match=r"timesteps: must be non-increasing and in 0..99, got \[100, 5\]"):
         ddim(EPS, X, SCHEDULE, torch.tensor([100, 5]))
+    with pytest.raises(ValueError, match=r"timesteps: must be distinct, descending and in 0..99, got \[50, 50, 0\]"):
+        dpm_solver_pp(EPS, X, SCHEDULE, torch.tensor([50, 50, 0]))
     with pytest.raises(ValueError, match=r"timesteps: empty"):
         ddim(EPS, X, SCHEDULE, torch.tensor([], dtype=torch.long))
     with pytest.raises(ValueError, match=r"eta: must be a number in \[0, 1\], got 2"):

@@ -27,7 +27,10 @@ docs/samplers.md lists them too):
    PRK step (NFE = 4 S for S <= 3).
 9. DPMSolverMultistepScheduler computes in float32 (sigmas stored as float32, the sample cast to
    float32 in `step`), so that comparison holds to ~1e-5; with final_sigmas_type="zero" its last step
-   is first order, like ours.
+   is first order, like ours. Its lower_order_final (below 15 steps) and ours (the official DPM-Solver's,
+   S <= 10) take the last step that ends at a noise level > 0 at first order: with "zero" diffusers
+   has no such step, so it matches our lower_order_final=False; with "sigma_min" and our uniform grid
+   without its 0 as custom timesteps, diffusers ends where our step to index 0 ends.
 10. DDIM with eta > 0: diffusers draws noise on every step, including the last where its std is 0;
     we draw only when sigma > 0. The eta = 1 comparison passes `variance_noise` explicitly, drawn in
     our order.
@@ -38,7 +41,7 @@ import torch
 
 from pipeline.gaussian import exact_eps_fn
 from pipeline.samplers import nfe, sample
-from pipeline.schedules import NoiseSchedule
+from pipeline.schedules import NoiseSchedule, timesteps
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers vs numpy 2 `copy=` notice
@@ -120,9 +123,34 @@ def test_dpm_solver_pp_2m_matches_diffusers(steps, eps_fn, x_T):
         timestep_spacing="trailing", final_sigmas_type="zero", lower_order_final=True,
     )
     ref, calls = run_diffusers(sched, steps, x_T, eps_fn)
-    ours = sample("dpm-solver++", eps_fn, x_T, SCHEDULE, steps, spacing="trailing")
+    ours = sample("dpm-solver++", eps_fn, x_T, SCHEDULE, steps, spacing="trailing", options={"lower_order_final": False})
     torch.testing.assert_close(ours, ref, rtol=2e-6, atol=2e-5)  # diffusers runs this one in float32 (difference 9)
     # ... a tolerance far below what a different second-order rule would change:
     first_order = sample("ddim", eps_fn, x_T, SCHEDULE, steps, spacing="trailing")
     assert (first_order - ref).abs().max() > 100 * 2e-5
     assert calls == nfe("dpm-solver++", steps)
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10])
+def test_dpm_solver_pp_lower_order_final_matches_diffusers(steps, eps_fn, x_T):
+    """Our default (official) lower_order_final on `uniform`: the step that lands on index 0 is first
+    order. diffusers with custom timesteps (our grid without its 0) and final_sigmas_type="sigma_min"
+    ends at alpha_bar[0] with that step at first order (lower_order_final, fewer than 15 steps)."""
+    grid = timesteps(SCHEDULE.T, steps, "uniform").tolist()
+    sched = configured(diffusers.DPMSolverMultistepScheduler, algorithm_type="dpmsolver++", solver_order=2,
+                       solver_type="midpoint", final_sigmas_type="sigma_min", lower_order_final=True)
+    sched.set_timesteps(timesteps=grid[:-1])
+    x, calls = x_T, 0
+    for t in sched.timesteps:
+        calls += 1
+        x = sched.step(eps_fn(x, t.expand(x.shape[0])), t, x).prev_sample
+    at_zero = {}
+    sample("dpm-solver++", eps_fn, x_T, SCHEDULE, steps,
+           callback=lambda d: at_zero.update(x=d["x"]) if d["t_next"] == 0 else None)
+    torch.testing.assert_close(at_zero["x"], x, rtol=2e-6, atol=2e-5)
+    assert calls == steps - 1  # ours then spends its S-th call on the landing 0 -> clean
+    second_order = {}
+    sample("dpm-solver++", eps_fn, x_T, SCHEDULE, steps, options={"lower_order_final": False},
+           callback=lambda d: second_order.update(x=d["x"]) if d["t_next"] == 0 else None)
+    if steps > 2:
+        assert (second_order["x"] - x).abs().max() > 100 * 2e-5

@@ -130,3 +130,39 @@ def test_imported_diffusers_unet_gives_the_diffusers_eps(data_dir, tmp_path):
         prepare(make(DatasetConfig, name="rgb", source="npz", root=str(rgb)), tmp_path / "rgb")
         train(CFG, make(ModelConfig, pretrained=str(tmp_path / "hf")), DIFFUSION, tmp_path / "rgb", tmp_path / "o2",
               tmp_path / "r2")
+
+
+def test_a_shipped_checkpoint_stands_in_for_training_byte_for_byte(data_dir, tmp_path):
+    side = train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "trained", tmp_path / "resume")
+    shipped = replace(MODEL, checkpoint=str(tmp_path / "trained" / "unet.safetensors"))
+    got = train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "out", tmp_path / "resume2")
+    assert (tmp_path / "out" / "unet.safetensors").read_bytes() == (tmp_path / "trained" / "unet.safetensors").read_bytes()
+    assert got["shipped_from"] == shipped.checkpoint and got["step"] == side["step"]
+    assert not (tmp_path / "resume2").exists()  # nothing was trained
+    model, _ = load_checkpoint(tmp_path / "out" / "unet.safetensors")
+    assert sum(p.numel() for p in model.parameters()) == side["params"]
+
+
+def test_a_shipped_checkpoint_that_does_not_match_is_refused_naming_the_file(data_dir, tmp_path):
+    from pipeline.errors import CheckpointError
+
+    train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "trained", tmp_path / "resume")
+    weights = tmp_path / "trained" / "unet.safetensors"
+    shipped = replace(MODEL, checkpoint=str(weights))
+    # another forward process than the one it was trained for
+    with pytest.raises(CheckpointError, match=r"model.checkpoint: .*unet.safetensors was trained with diffusion"):
+        train(CFG, shipped, make(DiffusionConfig, T=200), data_dir, tmp_path / "o1", tmp_path / "r1")
+    # another image shape: a sidecar that claims 3 channels
+    import json
+
+    sc = json.loads(weights.with_suffix(".json").read_text())
+    weights.with_suffix(".json").write_text(json.dumps({**sc, "in_channels": 3}))
+    with pytest.raises(CheckpointError, match=r"makes images of shape \[3, 8, 8\].*data set's are \[1, 8, 8\]"):
+        train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "o2", tmp_path / "r2")
+    # weights that do not match the sidecar's hash
+    weights.with_suffix(".json").write_text(json.dumps(sc))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(CheckpointError, match=r"model.checkpoint: .*unet.safetensors has sha256 .*its sidecar .* says"):
+        train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "o3", tmp_path / "r3")
+    for out in ("o1", "o2", "o3"):
+        assert not (tmp_path / out / "unet.safetensors").exists()  # nothing half-written

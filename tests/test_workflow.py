@@ -223,3 +223,31 @@ def test_killed_run_resumes_without_redoing_finished_jobs_or_leaving_partial_fil
     assert not done & rerun, f"finished jobs were redone: {sorted(done & rerun)}"
     assert planned <= rerun
     assert not tmp_leftovers(root)
+
+
+def test_a_dvc_remote_gives_a_fresh_clone_every_result_with_nothing_to_recompute(built, tmp_path):
+    """How a team shares results (README): `dvc push` the cached outputs to a remote and commit
+    dvc.lock and results/ to git; a teammate's `git clone` + `dvc pull` then has every output,
+    and neither `dvc repro` nor Snakemake finds anything to redo."""
+    root = tmp_path / "proj"
+    shutil.copytree(built, root, symlinks=True)
+    store = tmp_path / "store"  # a local folder standing in for s3://bucket/path
+    sh(["dvc", "remote", "add", "-d", "store", str(store)], root)
+    sh("git add -A && git commit -qm 'results, dvc.lock and the remote'", root)
+    sh(["dvc", "push"], root)
+    assert not sh(["git", "status", "--porcelain"], root).stdout.strip()
+    cached = [next(iter(o)) if isinstance(o, dict) else o
+              for s in dvc_cmds(root).values() for o in s.get("outs", []) + s.get("metrics", [])
+              if not (isinstance(o, dict) and next(iter(o.values())).get("cache") is False)]
+    assert cached and all(o.startswith("build/") for o in cached)
+
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(root), str(clone)], tmp_path)
+    assert not (clone / "build").exists() and (clone / "results/embedded/tables/runs.csv").exists()
+    sh(["dvc", "pull"], clone)
+    for o in cached:
+        assert (clone / o).read_bytes() == (root / o).read_bytes(), o
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], clone).stdout
+    r = sh(["dvc", "repro"], clone)
+    assert "Running stage" not in r.stdout, r.stdout
+    assert planned_jobs(clone) == []

@@ -3,13 +3,14 @@
     samplers  accuracy vs NFE on the exact Gaussian, and per-step sampler overhead (CPU)
     train     training throughput (pipeline/bench/train.py)
     fid       feature extraction / FID cost (pipeline/bench/fid.py)
+    gmm       exact Gaussian-mixture eps call vs one tiny U-Net call (pipeline/bench/gmm.py)
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("samplers", "train", "fid")
+BENCHMARKS = ("samplers", "train", "fid", "gmm")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,15 +28,17 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 
-def path(schedule: NoiseSchedule, timesteps: torch.Tensor) -> tuple[list[int], list[float]]:
-    """timesteps: LongTensor [S], distinct, descending, in 0..T-1 ->
+def path(schedule: NoiseSchedule, timesteps: torch.Tensor, *, repeats: bool = False) -> tuple[list[int], list[float]]:
+    """timesteps: LongTensor [S], distinct, descending, in 0..T-1 (with `repeats`: non-increasing, for
+    samplers whose step with t == t_next is the identity) ->
     (ts, abar): python int / float64 lists of length S + 1 ending with (-1, 1.0)."""
     ts = [int(t) for t in torch.as_tensor(timesteps).reshape(-1).tolist()]
     T = schedule.T
     if not ts:
         raise ValueError("timesteps: empty; a sampler needs at least one step")
-    if any(not 0 <= t < T for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"timesteps: must be distinct, descending and in 0..{T - 1}, got {ts}")
+    if any(not 0 <= t < T for t in ts) or any(a < b or (a == b and not repeats) for a, b in zip(ts, ts[1:])):
+        order = "non-increasing" if repeats else "distinct, descending"
+        raise ValueError(f"timesteps: must be {order} and in 0..{T - 1}, got {ts}")
     alpha_bar = schedule.alpha_bar.tolist()
     return ts + [-1], [alpha_bar[t] for t in ts] + [1.0]
 
