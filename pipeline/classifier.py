@@ -21,8 +21,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
 from pipeline import console, files, provenance
 from pipeline.images import from_uint8
@@ -207,59 +205,66 @@ def train_classifier(cfg: ClassifierConfig, data_dir: str | Path, out_path: str 
     return record
 
 
-class ClassifierFeatureExtractor(FeatureExtractorBase):
-    """torch-fidelity feature extractor over a trained `SmallCNN`.
+def register_extractor() -> None:
+    """Register `ddbench-classifier` with torch-fidelity (once). Called when the classifier feature
+    space is first used, not on import: torch-fidelity's import costs seconds that training the
+    classifier (and every job of the exact space) does not need."""
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    Input contract (torch-fidelity's): uint8 [B, 3, H, W]. A 1-channel classifier (MNIST) averages the three
-    channels, which recovers the original image exactly when it was tiled to 3 channels at the FID boundary.
-    `feature_extractor_weights_path` is the classifier's .safetensors (its sidecar JSON beside it).
-    """
+    if EXTRACTOR_NAME in FEATURE_EXTRACTORS_REGISTRY:  # torch-fidelity refuses a second registration
+        return
 
-    def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-        super().__init__(name, features_list)
-        if feature_extractor_weights_path is None:
-            raise ValueError(
-                f"{EXTRACTOR_NAME}: feature_extractor_weights_path must name a classifier .safetensors "
-                "(train it with the train-classifier stage)"
-            )
-        self.net, self.sidecar = load_classifier(feature_extractor_weights_path)
-        self.in_channels = self.sidecar["arch"]["in_channels"]
-        self.image_size = tuple(self.sidecar["arch"]["image_size"])
-        self.requires_grad_(False)
-        self.eval()
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity feature extractor over a trained `SmallCNN`.
 
-    def forward(self, x):
-        if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
-            raise ValueError(f"{EXTRACTOR_NAME}: expected uint8 [B, 3, H, W], got {getattr(x, 'dtype', type(x))} "
-                             f"{tuple(getattr(x, 'shape', ()))}")
-        if tuple(x.shape[2:]) != self.image_size:
-            raise ValueError(
-                f"{EXTRACTOR_NAME}: images are {tuple(x.shape[2:])}, the classifier was trained on {self.image_size}"
-            )
-        x = from_uint8(x)
-        if self.in_channels == 1:
-            x = x.mean(dim=1, keepdim=True)
-        features, logits = self.net(x)
-        out = {"penultimate": features, "logits": logits}
-        return tuple(out[name].to(torch.float32) for name in self.features_list)
+        Input contract (torch-fidelity's): uint8 [B, 3, H, W]. A 1-channel classifier (MNIST) averages the three
+        channels, which recovers the original image exactly when it was tiled to 3 channels at the FID boundary.
+        `feature_extractor_weights_path` is the classifier's .safetensors (its sidecar JSON beside it).
+        """
 
-    @staticmethod
-    def get_provided_features_list():
-        return ("penultimate", "logits")
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if feature_extractor_weights_path is None:
+                raise ValueError(
+                    f"{EXTRACTOR_NAME}: feature_extractor_weights_path must name a classifier .safetensors "
+                    "(train it with the train-classifier stage)"
+                )
+            self.net, self.sidecar = load_classifier(feature_extractor_weights_path)
+            self.in_channels = self.sidecar["arch"]["in_channels"]
+            self.image_size = tuple(self.sidecar["arch"]["image_size"])
+            self.requires_grad_(False)
+            self.eval()
 
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric):
-        return {"isc": "logits", "fid": FEATURE_LAYER, "kid": FEATURE_LAYER, "prc": FEATURE_LAYER}[metric]
+        def forward(self, x):
+            if not (torch.is_tensor(x) and x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3):
+                raise ValueError(f"{EXTRACTOR_NAME}: expected uint8 [B, 3, H, W], got {getattr(x, 'dtype', type(x))} "
+                                 f"{tuple(getattr(x, 'shape', ()))}")
+            if tuple(x.shape[2:]) != self.image_size:
+                raise ValueError(
+                    f"{EXTRACTOR_NAME}: images are {tuple(x.shape[2:])}, the classifier was trained on {self.image_size}"
+                )
+            x = from_uint8(x)
+            if self.in_channels == 1:
+                x = x.mean(dim=1, keepdim=True)
+            features, logits = self.net(x)
+            out = {"penultimate": features, "logits": logits}
+            return tuple(out[name].to(torch.float32) for name in self.features_list)
 
-    @staticmethod
-    def can_be_compiled():
-        return False
+        @staticmethod
+        def get_provided_features_list():
+            return ("penultimate", "logits")
 
-    @staticmethod
-    def get_dummy_input_for_compile():
-        return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return {"isc": "logits", "fid": FEATURE_LAYER, "kid": FEATURE_LAYER, "prc": FEATURE_LAYER}[metric]
 
+        @staticmethod
+        def can_be_compiled():
+            return False
 
-# Registered on import (torch-fidelity refuses a second registration of one name, e.g. after a module reload).
-if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+
     register_feature_extractor(EXTRACTOR_NAME, ClassifierFeatureExtractor)

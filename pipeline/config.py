@@ -124,8 +124,6 @@ class FIDConfig:  # `fid`
     features: tuple
     inception_weights: Optional[str]
     ref_n: Optional[int]
-    kid_subset_size: int
-    kid_subsets: int
     kid_ref_n: int
     batch_size: int
     device: str

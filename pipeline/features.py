@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pipeline import classifier, console  # importing classifier registers its torch-fidelity extractor
+from pipeline import classifier, console
 from pipeline.errors import FIDError
 
 INCEPTION = "inception-v3-compat"
@@ -64,6 +64,9 @@ class FeatureSpace:
     #  reference params, reference text)
     closed_form: Optional[Callable] = None
     description: str = ""
+    # called before the extractor is first used, e.g. to register a custom torch-fidelity extractor;
+    # kept lazy because importing torch-fidelity costs seconds of every job's start-up
+    setup: Optional[Callable[[], None]] = None
 
 
 FEATURE_SPACES: dict[str, FeatureSpace] = {}
@@ -89,20 +92,30 @@ def register(space: FeatureSpace) -> None:
     if (space.layer is None) == (space.closed_form is None):
         raise ValueError(f"feature space {name!r}: give exactly one of layer (a torch-fidelity extractor) "
                          "and closed_form (an exact reference)")
-    if space.closed_form is not None:
-        if space.weights is not None:
-            raise ValueError(f"feature space {name!r}: a closed-form space has no weights")
-    else:
-        from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-        cls = FEATURE_EXTRACTORS_REGISTRY.get(space.extractor)
-        if cls is None:
-            raise ValueError(f"feature space {name!r}: {space.extractor!r} is not a torch-fidelity feature extractor; "
-                             f"registered: {list(FEATURE_EXTRACTORS_REGISTRY)}")
-        if space.layer not in cls.get_provided_features_list():
-            raise ValueError(f"feature space {name!r}: {space.extractor!r} has no layer {space.layer!r}; "
-                             f"it provides {list(cls.get_provided_features_list())}")
+    if space.closed_form is not None and space.weights is not None:
+        raise ValueError(f"feature space {name!r}: a closed-form space has no weights")
+    if space.setup is not None and not callable(space.setup):
+        raise ValueError(f"feature space {name!r}: setup must be a callable")
     FEATURE_SPACES[name] = space
+
+
+def check_extractor(space: FeatureSpace) -> None:
+    """The torch-fidelity half of registration, run when a space's extractor is first needed (not at
+    import: the exact space and the classifier's training never import torch-fidelity). ValueError
+    when the extractor is not registered with torch-fidelity or lacks the layer."""
+    if space.closed_form is not None:
+        return
+    if space.setup is not None:
+        space.setup()
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    cls = FEATURE_EXTRACTORS_REGISTRY.get(space.extractor)
+    if cls is None:
+        raise ValueError(f"feature space {space.name!r}: {space.extractor!r} is not a torch-fidelity feature extractor; "
+                         f"registered: {list(FEATURE_EXTRACTORS_REGISTRY)}")
+    if space.layer not in cls.get_provided_features_list():
+        raise ValueError(f"feature space {space.name!r}: {space.extractor!r} has no layer {space.layer!r}; "
+                         f"it provides {list(cls.get_provided_features_list())}")
 
 
 def feature_space(name: str) -> FeatureSpace:
@@ -228,6 +241,7 @@ register(FeatureSpace(
 register(FeatureSpace(
     "classifier", data="images", adapt=ImageSet, comparable_to_papers=False,
     extractor=classifier.EXTRACTOR_NAME, layer=classifier.FEATURE_LAYER, weights=_classifier_weights,
+    setup=classifier.register_extractor,
     description="penultimate features of the data set's own small classifier (internal)",
 ))
 register(FeatureSpace(

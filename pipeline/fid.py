@@ -44,7 +44,7 @@ from pipeline import console, files, intervals, provenance
 from pipeline.config import FIDConfig, GridPoint
 from pipeline.errors import FIDError
 from pipeline.features import EXACT_EXTRACTOR, inception_weights  # noqa: F401  (used as fid.* by pipeline/bench/fid.py)
-from pipeline.features import FEATURE_SPACES, FeatureSpace, feature_space, spaces_for
+from pipeline.features import FEATURE_SPACES, FeatureSpace, check_extractor, feature_space, spaces_for
 
 STATS_VERSION = 2  # 2: the id covers the KID reference subset (kid_ref_n, seed)
 LEVEL = intervals.LEVEL
@@ -56,6 +56,7 @@ def _extractor(features: str) -> tuple[str, str]:
     if space.layer is None:
         raise FIDError(f"fid.features: {features!r} has no torch-fidelity extractor; "
                        f"known: {[n for n, s in FEATURE_SPACES.items() if s.layer is not None]}")
+    check_extractor(space)
     return space.extractor, space.layer
 
 
@@ -97,7 +98,10 @@ def calculate_metrics(
     import torch_fidelity
 
     # the layer a registered feature space reads from this extractor, else torch-fidelity's default for FID
-    layer = next((s.layer for s in FEATURE_SPACES.values() if s.extractor == feature_extractor and s.layer), None)
+    space = next((s for s in FEATURE_SPACES.values() if s.extractor == feature_extractor and s.layer), None)
+    if space is not None:
+        check_extractor(space)  # registers a custom extractor with torch-fidelity
+    layer = None if space is None else space.layer
     if layer is None:
         from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
@@ -291,6 +295,10 @@ def reference_stats(
         if old.get("stats_id") == stats_id:
             return old  # computed once: same data, split, count, feature space, weights and KID subset
 
+    # What the reference set is made of, by content (papers.comparability reads it): the uint8 images
+    # as one NHWC C-contiguous array in the prepared order, the convention of papers.CIFAR10_TRAIN_NHWC_SHA256.
+    ref_content_sha256 = hashlib.sha256(
+        np.ascontiguousarray(np.asarray(prepared.images[:count]).transpose(0, 2, 3, 1)).tobytes()).hexdigest()
     feats = extract_features(prepared.images[:count], features, weights, device=device,
                              batch_size=cfg.batch_size, verbose=not console.quiet())
     from torch_fidelity.metric_fid import fid_features_to_statistics
@@ -318,6 +326,7 @@ def reference_stats(
         "kid_ref_n": int(len(kid_idx)),
         "kid_seed": cfg.seed,
         "data_manifest_sha256": manifest_sha,
+        "ref_content_sha256": ref_content_sha256,
         "image_shape": list(prepared.images.shape[1:]),
         "fingerprint": provenance.fingerprint(device),
     }
@@ -488,6 +497,8 @@ def evaluate(
         feature_extractor=space.extractor,
         feature_layer=space.layer,
         weights_sha256=weights_sha,
+        features_weights_sha256=weights_sha,  # the extractor's weights, for papers.comparability
+        ref_content_sha256=side.get("ref_content_sha256"),
         fingerprint=provenance.fingerprint(device),
     )
     files.write_json(out_path, record)

@@ -12,9 +12,10 @@ Pure functions, no I/O. Features are numpy arrays or torch tensors [N, D]; all a
 Why blocks of seeds. Image k of every grid point starts from the same seed (`sample.initial_noise`),
 so block b holds the same seeds at every point with the same N. The replicates of two points are
 then paired, and the jackknife of the difference of replicates is the jackknife of the difference:
-what the seeds share cancels (Efron & Stein 1981; the delete-a-group form: Kott 2001).
+what the seeds share cancels.
 
-Jackknife (delete-a-group): with theta_b the statistic without block b and theta_. their mean,
+Jackknife, delete-a-group form (Kott 2001; its variance leans conservative, Efron & Stein 1981):
+with theta_b the statistic without block b and theta_. their mean,
     V = (B - 1) / B * sum_b (theta_b - theta_.)^2,    interval = theta -+ t_{(1+level)/2, B-1} sqrt(V).
 It estimates the sampling variance of theta at this N. For FID the target is E[FID_N] against fixed
 reference statistics: FID is biased upward at finite N (by about tr Sigma_g / N and more), and the

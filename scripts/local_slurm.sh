@@ -18,22 +18,22 @@
 # identity before it calls `srun` inside the job. `up` refuses to replace a system slurm.conf.
 #
 # The cluster: one node (this machine's short name, all its CPUs, 90% of its memory, no GPU) in
-# one partition, `local`. Daemons: munged (authentication), mariadbd + slurmdbd (accounting, so
-# `sacct` lists jobs with their Snakemake rule: the plugin puts `rule_<name>...` in the job
-# comment), slurmctld (controller), slurmd (runs the jobs). Nothing needs systemd or cgroups:
+# one partition, `local`. Daemons: munged (authentication), mariadbd + slurmdbd (accounting:
+# without slurmdbd, SLURM 22.05's `sacct` answers only "Slurm accounting storage is disabled";
+# with it, sacct lists each job with its Snakemake rule, which the plugin puts in the job
+# comment), slurmctld (controller) and slurmd (runs the jobs). Nothing needs systemd or cgroups:
 # job processes are tracked through /proc (proctrack/linuxproc) and not confined (task/none).
-# Everything lives under $DDBENCH_SLURM_DIR with its own munge key, sockets and ports
-# ($DDBENCH_SLURM_PORT and the next three: slurmctld, slurmd, slurmdbd, mariadbd), so a system
-# munge, SLURM or MariaDB is left alone. Without slurmdbd, `sacct` answers only "Slurm
-# accounting storage is disabled" (SLURM 22.05), and the plugin's default status query is sacct.
+# State, logs, the munge key and the database live under $DDBENCH_SLURM_DIR; the daemons listen
+# on 127.0.0.1, ports $DDBENCH_SLURM_PORT (6817: slurmctld) and the next three (slurmd, slurmdbd,
+# mariadbd); munged uses munge's default socket (SLURM's clients reach slurmdbd through it
+# whatever AuthInfo says); a munged already running there (the system's) is used as it is.
 set -euo pipefail
 
 DIR=${DDBENCH_SLURM_DIR:-/tmp/ddbench-slurm}
 PORT=${DDBENCH_SLURM_PORT:-6817}
 CONF=$DIR/slurm.conf
 SYSTEM_CONF=/etc/slurm/slurm.conf
-# SLURM's clients reach slurmdbd through munge's default socket whatever AuthInfo says (22.05:
-# sacctmgr ignored AuthInfo=socket=...), so munged listens there; its key stays in $DIR.
+# sacctmgr (22.05) ignored AuthInfo=socket=... on its way to slurmdbd: use munge's default socket.
 MUNGE_SOCKET=/run/munge/munge.socket.2
 DB_SOCKET=$DIR/db/mysqld.sock
 DB_PASS=ddbench-local
@@ -206,7 +206,12 @@ wait_idle() {
 }
 
 stop_daemons() {
-  local name pid
+  local name pid i
+  # Jobs first, so that no job step outlives its slurmd.
+  if pid_alive slurmctld && [ -n "$(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null)" ]; then
+    SLURM_CONF=$CONF scancel --full $(SLURM_CONF=$CONF squeue -h -o %i) 2>/dev/null || true
+    for ((i = 0; i < 30; i++)); do [ -z "$(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null)" ] && break; sleep 1; done
+  fi
   for name in "${DAEMONS[@]}"; do
     pid_alive "$name" || { rm -f "$DIR/run/$name.pid"; continue; }
     pid=$(cat "$DIR/run/$name.pid")
@@ -214,9 +219,9 @@ stop_daemons() {
     wait_for "! kill -0 $pid" 30 || kill -KILL "$pid" 2>/dev/null || true
     rm -f "$DIR/run/$name.pid"
   done
-  # Job steps whose slurmstepd outlived slurmd (it can run on its own): only this cluster's.
+  # A job step still alive (slurmstepd can outlive slurmd): only this cluster's, whose log is ours.
   for pid in $(pgrep -x slurmstepd || true); do
-    if grep -qsF "$DIR" "/proc/$pid/environ" "/proc/$pid/cmdline"; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if ls -l "/proc/$pid/fd" 2>/dev/null | grep -qF "$DIR/"; then kill -KILL "$pid" 2>/dev/null || true; fi
   done
 }
 
@@ -251,7 +256,7 @@ case ${1:-} in
     if pid_alive slurmctld; then SLURM_CONF=$CONF sinfo && SLURM_CONF=$CONF squeue; fi
     ;;
   *)
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

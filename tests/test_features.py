@@ -28,8 +28,6 @@ def test_unknown_space_lists_the_known_ones():
     ({"name": "inception"}, "already registered"),
     ({"name": " x"}, "outer spaces"),
     ({"data": "audio"}, "data 'audio'"),
-    ({"extractor": "no-such-net"}, "not a torch-fidelity feature extractor"),
-    ({"layer": "4096"}, "has no layer '4096'"),
     ({"layer": None}, "exactly one of layer"),
     ({"closed_form": lambda x, m: (0.0, {}, "")}, "exactly one of layer"),
     ({"dim": 0}, "dim 0"),
@@ -41,3 +39,27 @@ def test_registration_refuses_an_entry_that_cannot_work(change, match):
     with pytest.raises(ValueError, match=match):
         register(replace(good, **change))
     assert "new-space" not in FEATURE_SPACES
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"extractor": "no-such-net"}, "not a torch-fidelity feature extractor"),
+    ({"layer": "4096"}, "has no layer '4096'"),
+])
+def test_the_extractor_is_checked_against_torch_fidelity_before_first_use(change, match):
+    """Registration stays cheap (no torch-fidelity import); the extractor half is checked on first use."""
+    good = FeatureSpace("new-space", data="images", adapt=ImageSet, comparable_to_papers=False,
+                        extractor="inception-v3-compat", layer="768")
+    features.check_extractor(good)
+    with pytest.raises(ValueError, match=match):
+        features.check_extractor(replace(good, **change))
+
+
+def test_the_exact_space_and_classifier_training_never_import_torch_fidelity():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline import fid, classifier, features; "
+            "features.check_extractor(features.feature_space('exact')); "
+            "print('torch_fidelity' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

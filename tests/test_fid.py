@@ -42,7 +42,7 @@ def clf_path(mnist_dir, tmp_path_factory):
 
 
 def fid_cfg(**kw) -> FIDConfig:
-    base = dict(ref_n=N_REF, kid_subset_size=200, kid_subsets=20, kid_ref_n=N_REF, batch_size=250, device="cpu", seed=0)
+    base = dict(ref_n=N_REF, kid_ref_n=N_REF, batch_size=250, device="cpu", seed=0)
     return make(FIDConfig, **{**base, **kw})
 
 
@@ -77,7 +77,9 @@ def test_classifier_trained_saved_and_registered(clf_path, images):
     assert rec["weights_sha256"] == files.sha256_file(clf_path)
     assert set(load_file(str(clf_path))) == set(classifier.load_classifier(clf_path)[0].state_dict())  # no pickle
 
-    assert FEATURE_EXTRACTORS_REGISTRY[classifier.EXTRACTOR_NAME] is classifier.ClassifierFeatureExtractor
+    classifier.register_extractor()
+    classifier.register_extractor()  # idempotent
+    assert FEATURE_EXTRACTORS_REGISTRY[classifier.EXTRACTOR_NAME].__name__ == "ClassifierFeatureExtractor"
     ext = create_feature_extractor(classifier.EXTRACTOR_NAME, ["penultimate", "logits"], cuda=False,
                                    feature_extractor_weights_path=str(clf_path), verbose=False)
     x = images[:8]
@@ -129,6 +131,11 @@ def test_fid_and_kid_grow_with_noise(images, mnist_dir, clf_path, clf_stats, tmp
     assert rec["interval_blocks"] == 20 and rec["interval_level"] == 0.95 and rec["interval_note"] is None
     assert rec["interval_method"] == "delete-a-block jackknife over seed blocks"
     assert rec["seeds"] is None  # these samples.npz carry no seeds
+    # what the reference set is made of, by content: the NHWC uint8 bytes of the first ref_n images
+    import hashlib
+
+    want = hashlib.sha256(np.ascontiguousarray(images[:N_REF].numpy().transpose(0, 2, 3, 1)).tobytes()).hexdigest()
+    assert rec["ref_content_sha256"] == want and rec["features_weights_sha256"] == rec["weights_sha256"]
     for r in recs:
         assert r["fid_ci"][0] < r["fid"] < r["fid_ci"][1] and len(r["fid_replicates"]) == 20
         assert r["kid_ci"][0] < r["kid_mean"] < r["kid_ci"][1] and len(r["kid_replicates"]) == 20
@@ -239,7 +246,8 @@ def test_reference_stats_computed_once_and_checked(mnist_dir, clf_path, clf_stat
 
 @pytest.mark.parametrize("change,key", [({"kid_ref_n": 500}, "kid_ref_n (fid.kid_ref_n)=1000, now 500"),
                                         ({"seed": 1}, "kid_seed (fid.seed)=0, now 1"),
-                                        ({"ref_n": 900}, "count (fid.ref_n)=1000, now 900")])
+                                        ({"ref_n": 900}, "count (fid.ref_n)=1000, now 900")],
+                         ids=["kid_ref_n", "seed", "ref_n"])
 def test_stats_for_another_kid_subset_or_count_are_refused(mnist_dir, clf_path, clf_stats, images, tmp_path,
                                                            change, key):
     """The stats id covers the KID reference subset: a changed fid.kid_ref_n or fid.seed never reuses the old one."""
@@ -307,7 +315,7 @@ def random_inception_weights(path: Path) -> Path:
 
 def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path):
     weights = random_inception_weights(tmp_path / "random-inception.pth")
-    cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, kid_subsets=5, batch_size=6)
+    cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, batch_size=6)
     side = fid.reference_stats(cfg, "inception", mnist_dir, None, tmp_path / "inception.npz")
     assert side["feature_extractor"] == "inception-v3-compat" and side["feature_dim"] == 2048
     assert side["weights_sha256"] == files.sha256_file(weights) and side["count"] == 6

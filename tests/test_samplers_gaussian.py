@@ -25,14 +25,6 @@ REACH_DEFAULT = (250, 1e-3 * S)
 STOCHASTIC = [("ddpm", None), ("ddpm-large", None), ("ddim", 1.0), ("ddim", 0.5)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are small: torch's intra-op threads only add barrier waits on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def linear():

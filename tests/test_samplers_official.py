@@ -29,13 +29,6 @@ T = SCHEDULE.T
 ALPHA_BAR = SCHEDULE.alpha_bar  # float64 [T]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def x_T(n=32, seed=0):
     return torch.randn(n, 1, 2, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -26,7 +26,7 @@ def tiny_params() -> dict:
     p["train"].update(steps=8, batch_size=16, warmup_steps=2, checkpoint_every=4, log_every=2)
     p["classifier"].update(steps=10, batch_size=32)
     p["sample"].update(n_images=12, batch_size=12, grid_images=8)
-    p["fid"].update(kid_subsets=5, batch_size=16)
+    p["fid"].update(batch_size=16)
     p["overrides"]["gaussian"]["sample"].update(n_images=200, batch_size=200)
     p["overrides"]["gaussian"].pop("grid", None)
     p["grid"] = {
