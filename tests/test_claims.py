@@ -343,3 +343,26 @@ def test_power_a_clear_difference_is_called_correctly():
     assert better.get("holds", 0) >= 0.9, better
     worse = call_rate("ddim-eta0-beats-eta1", {("ddim", 0.0): 0.5, ("ddim", 1.0): 0.0}, 50, seed=4)
     assert worse.get("does not hold", 0) >= 0.9, worse
+
+
+def test_power_ddim_10_vs_100_steps_on_the_exact_gaussian_is_called_correctly():
+    """The real pieces end to end: DDIM on the exact score of N(5, 2^2 I) in 16 dimensions, the
+    same 2,000 seeds at 10 and 100 steps, the exact Frechet distance with its seed-block jackknife
+    replicates: the paired interval of FID(10) - FID(100) lies above 0 (100 steps are better),
+    and reversed, FID(100) - FID(10) lies below 0."""
+    from pipeline import gaussian, samplers
+    from pipeline.sample import initial_noise
+    from pipeline.schedules import NoiseSchedule
+
+    schedule, n, blocks = NoiseSchedule.linear(1000), 2000, 20
+    x_T, _ = initial_noise(range(n), (1, 4, 4))
+    eps = gaussian.exact_eps_fn(5.0, 2.0, schedule)
+    fd = {}
+    for steps in (10, 100):
+        x0 = samplers.sample("ddim", eps, x_T.double(), schedule, steps, eta=0.0)
+        fd[steps] = (gaussian.frechet_to_truth(x0, 5.0, 2.0),
+                     gaussian.frechet_to_truth_replicates(x0, 5.0, 2.0, blocks))
+    diff, lo, hi, _ = intervals.paired_difference(fd[10][0], fd[10][1], fd[100][0], fd[100][1])
+    assert diff > 0 and lo > 0, (diff, lo, hi)
+    diff, lo, hi, _ = intervals.paired_difference(fd[100][0], fd[100][1], fd[10][0], fd[10][1])
+    assert hi < 0
