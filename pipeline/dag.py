@@ -7,6 +7,7 @@ command for command, file for file.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,12 @@ def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset())
 
 
 def stage_modules(stage: str) -> list:
+    """(See `_stage_modules`.) Cached per package folder: dvc.yaml asks once per job."""
+    return list(_stage_modules(stage, PACKAGE_DIR))
+
+
+@functools.lru_cache(maxsize=None)
+def _stage_modules(stage: str, package_dir: Path) -> tuple:
     """The files a stage's command runs: `python -m pipeline <stage>` loads pipeline/__main__.py,
     cli.py and what cli imports at the top, then the stage handler's imports and everything they
     import (derived from the source, so a new import is a new dependency). Used as DVC `deps`
@@ -116,7 +123,7 @@ def stage_modules(stage: str) -> list:
     files = {str(_module_file(m).relative_to(PACKAGE_DIR.parent)) for m in modules}
     for m in modules:
         files |= set(MODULE_DATA.get(m, []))
-    return sorted(files)
+    return tuple(sorted(files))
 
 
 def code_version(stage: str) -> str:

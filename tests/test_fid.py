@@ -313,6 +313,7 @@ def random_inception_weights(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # 13 s of Inception on the CPU: the CI tier runs it
 def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path):
     weights = random_inception_weights(tmp_path / "random-inception.pth")
     cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, batch_size=6)

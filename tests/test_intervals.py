@@ -270,7 +270,8 @@ def test_cubic_kernel_expectation_is_isserlis():
 # --------------------------------------------------------------------------- calibration
 
 
-@pytest.mark.parametrize("n,d", [(100, 16), (100, 128), (2000, 16), (2000, 128)])
+@pytest.mark.parametrize("n,d", [(100, 16), (100, 128), (2000, 16),
+                                 pytest.param(2000, 128, marks=pytest.mark.slow)])  # 13 s: CI tier
 def test_fid_interval_covers_the_expected_fid(n, d):
     cover, truth = fid_coverage(n, d)
     assert 0.90 <= cover <= 0.99, f"FID N={n} D={d}: coverage {cover:.3f} of E[FID_N] = {truth:.4f}"
