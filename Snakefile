@@ -147,49 +147,77 @@ rule ref_stats:
         + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.clf} --out {output.stats} --log {log}"
 
 
-rule sample:
-    input:
-        manifest=P["manifest"],
-        model=lambda wc: [] if is_gaussian(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)],
-    output:
-        samples=P["samples"],
-        grid=P["grid"],
-        record=P["record"],
-    params:
-        cfg=params_of("sample"),
-        code=CODE["sample"],
-        model=lambda wc: "" if is_gaussian(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
-        out=lambda wc: P["run"].format(dataset=wc.dataset, point=wc.point),
-    log:
-        P["logs"] + "/sample/{dataset}/{point}.log",
-    resources:
-        gpu=1,
-    shell:
-        PRE + " sample --dataset {wildcards.dataset} --point {wildcards.point} --data "
-        + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.model} --out {params.out} --log {log}"
+if CFG.job_per == "point":
 
+    rule sample:
+        input:
+            manifest=P["manifest"],
+            model=lambda wc: [] if is_gaussian(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)],
+        output:
+            samples=P["samples"],
+            grid=P["grid"],
+            record=P["record"],
+        params:
+            cfg=params_of("sample"),
+            code=CODE["sample"],
+            model=lambda wc: "" if is_gaussian(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
+            runs=lambda wc: P["runs"].format(dataset=wc.dataset),
+        log:
+            P["logs"] + "/sample/{dataset}/{point}.log",
+        resources:
+            gpu=1,
+        shell:
+            PRE + " sample --dataset {wildcards.dataset} --point {wildcards.point} --data "
+            + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.model} --out {params.runs} --log {log}"
 
-rule fid:
-    input:
-        manifest=P["manifest"],
-        samples=P["samples"],
-        stats=lambda wc: [] if is_gaussian(wc.dataset) else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
-        classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
-    output:
-        record=P["fid"],
-    params:
-        cfg=params_of("fid"),
-        code=CODE["fid"],
-        stats=lambda wc: "" if is_gaussian(wc.dataset) else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
-        clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
-    log:
-        P["logs"] + "/fid/{dataset}/{point}-{features}.log",
-    resources:
-        gpu=1,
-    shell:
-        PRE + " fid --dataset {wildcards.dataset} --point {wildcards.point} --features {wildcards.features} --data "
-        + P["data"].replace("{dataset}", "{wildcards.dataset}")
-        + " --samples {input.samples}{params.stats}{params.clf} --out {output.record} --log {log}"
+    rule fid:
+        input:
+            manifest=P["manifest"],
+            samples=P["samples"],
+            stats=lambda wc: [] if is_gaussian(wc.dataset) else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
+            classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
+        output:
+            record=P["fid"],
+        params:
+            cfg=params_of("fid"),
+            code=CODE["fid"],
+            runs=lambda wc: P["runs"].format(dataset=wc.dataset),
+            stats=lambda wc: "" if is_gaussian(wc.dataset) else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
+            clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
+        log:
+            P["logs"] + "/fid/{dataset}/{point}-{features}.log",
+        resources:
+            gpu=1,
+        shell:
+            PRE + " fid --dataset {wildcards.dataset} --point {wildcards.point} --features {wildcards.features} --data "
+            + P["data"].replace("{dataset}", "{wildcards.dataset}")
+            + " --runs {params.runs}{params.stats}{params.clf} --log {log}"
+
+else:
+    # run.job_per: dataset: one sample job per data set and one fid job per data set and feature
+    # space, each looping over the grid in one process. The grid differs per data set, so these
+    # are one rule per job (named sample_<dataset>, fid_<dataset>_<features>), wired from
+    # dag.jobs: the same command, inputs and outputs as the dvc.yaml stage of that name.
+    for _job in JOBS:
+        if _job.stage not in ("sample", "fid"):
+            continue
+
+        rule:
+            name:
+                _job.name.replace("-", "_")
+            input:
+                _job.deps,
+            output:
+                _job.outs,
+            params:
+                cfg=dag.params_values(CFG, _job.params),
+                code=CODE[_job.stage],
+            log:
+                re.search(r"--log (\S+)", _job.cmd).group(1),
+            resources:
+                gpu=1,
+            shell:
+                _job.cmd.rsplit(" --log ", 1)[0] + " --log {log}"
 
 
 rule aggregate:

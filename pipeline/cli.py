@@ -110,11 +110,15 @@ def cmd_sample(cfg: Config, a) -> None:
     from pipeline import sample
 
     run = _run_for(cfg, a.dataset)
-    point = _point_in_grid(run, a.point)
+    points = [_point_in_grid(run, name) for name in a.point]
     if run.dataset.is_gaussian == (a.model is not None):
         raise ConfigError(f"--model: {'not used' if run.dataset.is_gaussian else 'required'} for dataset {a.dataset!r}")
-    rec = sample.run(run.sample, point, cfg.diffusion, Path(a.data), a.model and Path(a.model), Path(a.out), a.dataset)
-    print(f"sample: {a.dataset}/{point.name}: {rec.get('n_images')} images, nfe {rec.get('nfe')}, {rec.get('images_per_s', 0):.2f} img/s")
+    out = Path(a.out)
+    recs = sample.run_many(run.sample, points, cfg.diffusion, Path(a.data), a.model and Path(a.model),
+                           [out / p.name for p in points], a.dataset)
+    for point, rec in zip(points, recs):
+        print(f"sample: {a.dataset}/{point.name}: {rec.get('n_images')} images, nfe {rec.get('nfe')}, "
+              f"{rec.get('images_per_s', 0):.2f} img/s")
 
 
 def cmd_fid(cfg: Config, a) -> None:
@@ -122,10 +126,15 @@ def cmd_fid(cfg: Config, a) -> None:
 
     run = _run_for(cfg, a.dataset)
     _features_ok(run, a.features)
-    _point_in_grid(run, a.point)
-    rec = fid.evaluate(run.fid, a.features, Path(a.samples), Path(a.data), a.stats and Path(a.stats),
-                       a.classifier and Path(a.classifier), Path(a.out), a.dataset, a.point)
-    print(f"fid: {a.dataset}/{a.point} [{a.features}]: FID {rec.get('fid')}")
+    names = [_point_in_grid(run, name).name for name in a.point]
+    runs = Path(a.runs)
+    missing = [str(runs / n / "samples.npz") for n in names if not (runs / n / "samples.npz").is_file()]
+    if missing:
+        raise ConfigError(f"--runs {a.runs}: no samples for {missing}; run the sample stage first")
+    for name in names:
+        rec = fid.evaluate(run.fid, a.features, runs / name / "samples.npz", Path(a.data), a.stats and Path(a.stats),
+                           a.classifier and Path(a.classifier), runs / name / f"fid-{a.features}.json", a.dataset, name)
+        print(f"fid: {a.dataset}/{name} [{a.features}]: FID {rec.get('fid')}")
 
 
 def _records(cfg: Config) -> tuple[list, list]:
@@ -239,21 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--classifier", help="classifier weights (for --features classifier)")
     s.add_argument("--out", required=True, help="statistics .npz (a .json sidecar is written beside it)")
-    s = stage("sample", "Sample one grid point: N images, a grid PNG and a run record (NFE, wall s, img/s, hardware).")
+    s = stage("sample", "Sample grid points: per point N images, a grid PNG and a run record (NFE, wall s, img/s, hardware).")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--point", required=True, help="grid point, e.g. ddim-s10-uniform-eta0 or f-pndm-s20-uniform")
+    s.add_argument("--point", required=True, action="append",
+                   help="grid point, e.g. ddim-s10-uniform-eta0 or f-pndm-s20-uniform; repeat it to sample several in one process")
     s.add_argument("--data", required=True, help="prepare-data output folder (manifest)")
     s.add_argument("--model", help="checkpoint from the train stage (not for the gaussian data set)")
-    s.add_argument("--out", required=True, help="output folder: samples.npz, grid.png, record.json")
-    s = stage("fid", "FID and KID of one grid point's samples against the reference statistics.")
+    s.add_argument("--out", required=True, help="the data set's runs folder: each point writes OUT/<point>/{samples.npz, grid.png, record.json}")
+    s = stage("fid", "FID and KID of grid points' samples against the reference statistics.")
     s.add_argument("--dataset", required=True)
-    s.add_argument("--point", required=True)
+    s.add_argument("--point", required=True, action="append", help="grid point; repeat it to evaluate several in one process")
     s.add_argument("--features", required=True, help="inception | classifier | exact (gaussian)")
     s.add_argument("--data", required=True)
-    s.add_argument("--samples", required=True)
+    s.add_argument("--runs", required=True, help="the data set's runs folder: reads RUNS/<point>/samples.npz, writes RUNS/<point>/fid-<features>.json")
     s.add_argument("--stats", help="ref-stats output (not for the gaussian data set)")
     s.add_argument("--classifier")
-    s.add_argument("--out", required=True, help="JSON record")
     s = stage("aggregate", "Run records -> runs.csv, paper-layout tables (Markdown, LaTeX), claims, metrics.json.")
     s.add_argument("--out", required=True, help="results folder, e.g. results/embedded")
     s = stage("figures", "Seaborn figures (FID vs steps / NFE / wall-clock) and sample mosaics, PNG + PDF.")

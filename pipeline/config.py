@@ -202,6 +202,7 @@ class Config:
     runs: dict  # dataset name -> DatasetRun, in run.datasets order
     build_dir: Path  # <build_dir>/<preset>
     results_dir: Path  # <results_dir>/<preset>
+    job_per: str  # point | dataset: granularity of the sample and fid jobs (pipeline.dag)
     mosaic_seeds: int
     ddim_table: dict  # steps, eta, sigma_hat, spacings, options (global grid, for table layout)
     pndm_table: dict  # samplers (names, `all` resolved), steps, spacings, options
@@ -573,6 +574,7 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
         runs=runs,
         build_dir=Path(doc["run"]["build_dir"]) / doc["preset"],
         results_dir=Path(doc["run"]["results_dir"]) / doc["preset"],
+        job_per=doc["run"]["job_per"],
         mosaic_seeds=int(grid["mosaic_seeds"]),
         ddim_table=dict(grid.get("ddim_table") or {}),
         pndm_table=dict(grid.get("pndm_table") or {}),

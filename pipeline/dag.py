@@ -173,6 +173,7 @@ def paths(cfg: Config) -> dict:
         "classifier_json": f"{b}/models/{{dataset}}/classifier.json",
         "stats": f"{b}/stats/{{dataset}}/{{features}}.npz",
         "stats_json": f"{b}/stats/{{dataset}}/{{features}}.json",
+        "runs": f"{b}/runs/{{dataset}}",
         "run": f"{b}/runs/{{dataset}}/{{point}}",
         "samples": f"{b}/runs/{{dataset}}/{{point}}/samples.npz",
         "grid": f"{b}/runs/{{dataset}}/{{point}}/grid.png",
@@ -267,30 +268,33 @@ def jobs(cfg: Config) -> list:
                     outs=[f("stats", features=feat), f("stats_json", features=feat)],
                     params=params_keys(cfg, "ref-stats", ds),
                 ))
-        for point in run.points:
-            pt = point.name
-            model_deps = [] if gauss else [f("unet"), f("unet_json")]
+        # run.job_per: one sample/fid job per grid point, or one per data set looping over its grid
+        model_deps = [] if gauss else [f("unet"), f("unet_json")]
+        batches = [[p.name] for p in run.points] if cfg.job_per == "point" else [[p.name for p in run.points]]
+        for pts in batches:
+            tag = pts if cfg.job_per == "point" else []
+            point_args = "".join(f" --point {pt}" for pt in pts)
             out.append(Job(
-                "sample", stage_name("sample", ds, pt),
-                f"{pre} sample --dataset {ds} --point {pt} --data {f('data')}"
+                "sample", stage_name("sample", ds, *tag),
+                f"{pre} sample --dataset {ds}{point_args} --data {f('data')}"
                 + ("" if gauss else f" --model {f('unet')}")
-                + f" --out {f('run', point=pt)} --log {P['logs']}/sample/{ds}/{pt}.log",
+                + f" --out {f('runs')} --log {P['logs']}/sample/{ds}/{'-'.join(tag) or 'all'}.log",
                 deps=[f("manifest")] + model_deps,
-                outs=[f("samples", point=pt), f("grid", point=pt), f("record", point=pt)],
+                outs=[f(k, point=pt) for pt in pts for k in ("samples", "grid", "record")],
                 params=params_keys(cfg, "sample", ds),
             ))
             for feat in run.features:
                 clf = feat == "classifier"
                 stats = [] if gauss else [f("stats", features=feat)]
                 out.append(Job(
-                    "fid", stage_name("fid", ds, pt, feat),
-                    f"{pre} fid --dataset {ds} --point {pt} --features {feat} --data {f('data')}"
-                    + f" --samples {f('samples', point=pt)}"
+                    "fid", stage_name("fid", ds, *tag, feat),
+                    f"{pre} fid --dataset {ds}{point_args} --features {feat} --data {f('data')}"
+                    + f" --runs {f('runs')}"
                     + ("" if gauss else f" --stats {f('stats', features=feat)}")
                     + (f" --classifier {f('classifier')}" if clf else "")
-                    + f" --out {f('fid', point=pt, features=feat)} --log {P['logs']}/fid/{ds}/{pt}-{feat}.log",
-                    deps=[f("manifest"), f("samples", point=pt)] + stats + ([f("classifier")] if clf else []),
-                    outs=[f("fid", point=pt, features=feat)],
+                    + f" --log {P['logs']}/fid/{ds}/{'-'.join(tag) or 'all'}-{feat}.log",
+                    deps=[f("manifest")] + [f("samples", point=pt) for pt in pts] + stats + ([f("classifier")] if clf else []),
+                    outs=[f("fid", point=pt, features=feat) for pt in pts],
                     params=params_keys(cfg, "fid", ds),
                 ))
     records = [p for j in out if j.stage in ("sample", "fid") for p in j.outs if p.endswith(".json")]

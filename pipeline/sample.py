@@ -1,6 +1,7 @@
 """The sample stage: one grid point -> N images, a grid PNG and a run record with measured speed.
 
     run(cfg, point, diffusion, data_dir, model_path, out_dir, dataset) -> record      reads inputs, writes outputs
+    run_many(cfg, points, ..., out_dirs, dataset) -> records     the same for many points in one process
     generate(eps_fn, point, schedule, seeds, shape, batch_size, device) -> (x_0, nfe, wall_s)   the sampling itself
 
 The split follows EDM's generate.py: `generate` runs the sampler over batches of seeds and
@@ -20,7 +21,8 @@ Timing: one warm-up batch of the first images through the eps model (2 evaluatio
 context, kernels, allocator) untimed; then `wall_s` sums the sampler calls only (CUDA-
 synchronised before and after each), so `images_per_s = N / wall_s` and
 `s_per_nfe = wall_s / nfe`. Peak memory is CUDA's max_memory_allocated on a GPU, the
-process's peak RSS (ru_maxrss) on a CPU; `peak_mem_kind` says which.
+process's peak RSS (ru_maxrss, so far in the job: with `run.job_per: dataset` the peak over
+the points sampled before) on a CPU; `peak_mem_kind` says which.
 
 Outputs (all rendered in memory first, then each written atomically; a NaN/inf in any batch
 raises before anything is written): `samples.npz` (key `samples`: uint8 [N, C, H, W], or
@@ -334,33 +336,56 @@ def run(
     dataset: str,
 ) -> dict:
     """Sample grid point `point`: writes out_dir/{samples.npz, grid.png, record.json}; returns the record."""
+    return run_many(cfg, [point], diffusion, data_dir, model_path, [out_dir], dataset)[0]
+
+
+def run_many(
+    cfg: SampleConfig,
+    points: Sequence[GridPoint],
+    diffusion: DiffusionConfig,
+    data_dir,
+    model_path,
+    out_dirs: Sequence,
+    dataset: str,
+) -> list[dict]:
+    """Sample each grid point in turn into its folder of `out_dirs` (one process, one model load and
+    one warm-up for all: `run.job_per: dataset`); returns the records. Every point is checked before
+    any compute; each point's outputs are written as soon as it is done."""
     from pipeline import data
 
     # ---- every check before any compute
-    options = _check_point(point, diffusion)
-    n = cfg.n_for(point.steps)
+    options = [_check_point(p, diffusion) for p in points]
     device = provenance.resolve_device(cfg.device)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir = Path(data_dir)
     manifest = data.load_prepared(data_dir, verify=False).manifest
     shape = tuple(int(d) for d in manifest["shape"])
     schedule = diffusion.noise_schedule()
     eps_fn, model_info = load_eps_fn(model_path, manifest, dataset, diffusion, cfg, device)
-    seeds = range(cfg.seed, cfg.seed + n)
+    manifest_sha256 = files.sha256_file(data_dir / "manifest.json")
 
-    # ---- warm-up (untimed), then the timed sampling
-    warm_up(eps_fn, shape, seeds[:cfg.batch_size], diffusion.T, device)
-    x, nfe, wall = generate(eps_fn, point, schedule, seeds, shape, cfg.batch_size, device, options=options,
-                            where=f"{dataset}/{point.name}")
-    peak = peak_memory(device)
+    # ---- warm-up (untimed), then per point the timed sampling
+    warm_up(eps_fn, shape, range(cfg.seed, cfg.seed + min(cfg.batch_size, cfg.n_for(points[0].steps))), diffusion.T,
+            device)
+    records = []
+    for point, opts, out_dir in zip(points, options, out_dirs):
+        n = cfg.n_for(point.steps)
+        seeds = range(cfg.seed, cfg.seed + n)
+        if device.startswith("cuda"):  # each point's own peak
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+        x, nfe, wall = generate(eps_fn, point, schedule, seeds, shape, cfg.batch_size, device, options=opts,
+                                where=f"{dataset}/{point.name}")
+        peak = peak_memory(device)
 
-    # ---- render everything in memory, then write
-    samples, grid = render(x, manifest, cfg.grid_images, f"{dataset} {point.name}")
-    buf = io.BytesIO()
-    np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
-    record = run_record(cfg=cfg, point=point, options=options, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
-                        wall=wall, peak=peak, device=device, model_info=model_info,
-                        manifest_sha256=files.sha256_file(data_dir / "manifest.json"), samples_dtype=samples.dtype)
-    files.write_bytes(out_dir / "samples.npz", buf.getvalue())
-    files.write_bytes(out_dir / "grid.png", grid)
-    files.write_json(out_dir / "record.json", record)
-    return record
+        # ---- render everything in memory, then write
+        samples, grid = render(x, manifest, cfg.grid_images, f"{dataset} {point.name}")
+        buf = io.BytesIO()
+        np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
+        record = run_record(cfg=cfg, point=point, options=opts, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
+                            wall=wall, peak=peak, device=device, model_info=model_info,
+                            manifest_sha256=manifest_sha256, samples_dtype=samples.dtype)
+        out_dir = Path(out_dir)
+        files.write_bytes(out_dir / "samples.npz", buf.getvalue())
+        files.write_bytes(out_dir / "grid.png", grid)
+        files.write_json(out_dir / "record.json", record)
+        records.append(record)
+    return records

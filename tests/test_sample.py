@@ -200,3 +200,22 @@ def test_gaussian_end_to_end_close_to_truth(gauss_dir, tmp_path):
     # sampling noise + prior mismatch: E[FD] ~ (d s^2 + d (d + 1) s^2 / 4) / n + d (sqrt(a) mu s / r)^2, d = 16
     assert fd_good < 3 * (16 * S**2 + 16 * 17 * S**2 / 4) / n + 16 * (mean - MU) ** 2
     assert fd_bad > 10 * fd_good
+
+
+def test_many_points_in_one_process_give_the_same_images_as_one_job_per_point(gauss_dir, tmp_path):
+    """run.job_per: dataset samples the grid in one process: each point's samples and NFE are those
+    of its own job (the same fixed latents), only the start-up is shared."""
+    points = [GridPoint("ddim", 4, eta=0.0), GridPoint("ddim", 4, eta=1.0), GridPoint("s-pndm", 6)]
+    many = sample.run_many(cfg(n_images=5), points, DIFF, gauss_dir, None, [tmp_path / "many" / p.name for p in points],
+                           "gaussian")
+    for point, rec in zip(points, many):
+        one = sample.run(cfg(n_images=5), point, DIFF, gauss_dir, None, tmp_path / "one" / point.name, "gaussian")
+        assert rec["point"] == point.name and rec["nfe"] == one["nfe"]
+        np.testing.assert_array_equal(load_samples(tmp_path / "many" / point.name), load_samples(tmp_path / "one" / point.name))
+
+
+def test_a_bad_point_among_many_is_refused_before_any_point_is_sampled(gauss_dir, tmp_path):
+    points = [GridPoint("ddim", 4, eta=0.0), GridPoint("ddim", 5000, eta=0.0)]  # 5000 > T
+    with pytest.raises(Exception, match="5000"):
+        sample.run_many(cfg(n_images=2), points, DIFF, gauss_dir, None, [tmp_path / p.name for p in points], "gaussian")
+    assert not list(tmp_path.rglob("*.npz"))

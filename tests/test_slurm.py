@@ -28,7 +28,7 @@ def slurm_params() -> dict:
     """The tiny config with one grid point per data set (stochastic DDIM, eta = 1): every rule
     still runs, and each SLURM job costs three Python start-ups (snakemake, the job step's
     snakemake, the stage), so fewer jobs keep the test short."""
-    p = tiny_params()
+    p = tiny_params("point")  # one job per grid point, as the cluster presets run
     p["grid"] = {"ddim_table": {"steps": [2], "eta": [1.0], "sigma_hat": False, "spacings": ["uniform"]}, "mosaic_seeds": 4}
     return p
 
