@@ -54,8 +54,20 @@ def deps_of(stage):
     return [d for j in JOBS if j.stage == stage for d in j.deps]
 
 
-def is_gaussian(dataset):
-    return CFG.runs[dataset].dataset.is_gaussian
+def is_exact(dataset):
+    """gaussian, gmm: a closed-form eps (no train job), an exact-map job, the `exact` feature space."""
+    return CFG.runs[dataset].dataset.exact_score
+
+
+def is_gmm(dataset):
+    return CFG.runs[dataset].dataset.source == "gmm"
+
+
+def one_of(names):
+    return "|".join(map(re.escape, names)) or "(?!)"  # (?!) matches nothing
+
+
+GMM = [ds for ds in CFG.runs if is_gmm(ds)]
 
 
 wildcard_constraints:
@@ -75,6 +87,8 @@ rule prepare_data:
     output:
         images=P["images"],
         manifest=P["manifest"],
+    wildcard_constraints:
+        dataset=one_of([ds for ds in CFG.runs if not is_gmm(ds)]),
     params:
         cfg=params_of("prepare-data"),
         code=CODE["prepare-data"],
@@ -82,6 +96,41 @@ rule prepare_data:
         P["logs"] + "/prepare-data/{dataset}.log",
     shell:
         PRE + " prepare-data --dataset {wildcards.dataset} --out " + P["data"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
+
+
+rule prepare_data_gmm:
+    # a gmm data set: the fitted mixture beside its exact samples
+    output:
+        images=P["images"],
+        manifest=P["manifest"],
+        mixture=P["mixture"],
+        mixture_json=P["mixture_json"],
+    wildcard_constraints:
+        dataset=one_of(GMM),
+    params:
+        cfg=params_of("prepare-data"),
+        code=CODE["prepare-data"],
+    log:
+        P["logs"] + "/prepare-data/{dataset}.log",
+    shell:
+        PRE + " prepare-data --dataset {wildcards.dataset} --out " + P["data"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
+
+
+rule exact_map:
+    input:
+        lambda wc: [P[k].format(dataset=wc.dataset) for k in ("images", "manifest") + (("mixture", "mixture_json") if is_gmm(wc.dataset) else ())],
+    output:
+        endpoints=P["endpoints"],
+        summary=P["endpoints_json"],
+    params:
+        cfg=params_of("exact-map"),
+        code=CODE["exact-map"],
+    log:
+        P["logs"] + "/exact-map/{dataset}.log",
+    threads: all_cores
+    shell:
+        PRE + " exact-map --dataset {wildcards.dataset} --data " + P["data"].replace("{dataset}", "{wildcards.dataset}")
+        + " --out {output.endpoints} --log {log}"
 
 
 rule train:
@@ -152,7 +201,8 @@ if CFG.job_per == "point":
     rule sample:
         input:
             manifest=P["manifest"],
-            model=lambda wc: [] if is_gaussian(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)],
+            model=lambda wc: ([P[k].format(dataset=wc.dataset) for k in ("mixture", "mixture_json")] if is_gmm(wc.dataset) else [])
+            + ([P["endpoints"].format(dataset=wc.dataset)] if is_exact(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)]),
         output:
             samples=P["samples"],
             grid=P["grid"],
@@ -160,7 +210,7 @@ if CFG.job_per == "point":
         params:
             cfg=params_of("sample"),
             code=CODE["sample"],
-            model=lambda wc: "" if is_gaussian(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
+            model=lambda wc: f" --exact-map {P['endpoints'].format(dataset=wc.dataset)}" if is_exact(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
             runs=lambda wc: P["runs"].format(dataset=wc.dataset),
         log:
             P["logs"] + "/sample/{dataset}/{point}.log",
@@ -174,15 +224,16 @@ if CFG.job_per == "point":
         input:
             manifest=P["manifest"],
             samples=P["samples"],
-            stats=lambda wc: [] if is_gaussian(wc.dataset) else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
+            stats=lambda wc: [] if wc.features == "exact" else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
             classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
+            mixture=lambda wc: [P["mixture"].format(dataset=wc.dataset)] if wc.features == "exact" and is_gmm(wc.dataset) else [],
         output:
             record=P["fid"],
         params:
             cfg=params_of("fid"),
             code=CODE["fid"],
             runs=lambda wc: P["runs"].format(dataset=wc.dataset),
-            stats=lambda wc: "" if is_gaussian(wc.dataset) else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
+            stats=lambda wc: "" if wc.features == "exact" else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
             clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
         log:
             P["logs"] + "/fid/{dataset}/{point}-{features}.log",

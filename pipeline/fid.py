@@ -351,14 +351,17 @@ def _point_name(point) -> str:
     return point.name if isinstance(point, GridPoint) else str(point)
 
 
-def _load_samples(samples_path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """samples.npz -> (samples [N, ...], seeds [N] or None): image k was drawn from seeds[k]."""
+def _load_samples(samples_path: Path, key: str = "samples") -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """samples.npz -> (samples [N, ...], seeds [N] or None): image k was drawn from seeds[k]. `key`
+    samples_float: a mixture's float samples where stored, else `samples`."""
     if not Path(samples_path).is_file():
         raise FIDError(f"--samples: {samples_path} does not exist; run the sample stage first")
     with np.load(samples_path, allow_pickle=False) as z:
+        if key not in z:
+            key = "samples"
         if "samples" not in z:
             raise FIDError(f"--samples: {samples_path} has no 'samples' array (keys {list(z.keys())})")
-        return z["samples"], (z["seeds"] if "seeds" in z else None)
+        return z[key], (z["seeds"] if "seeds" in z else None)
 
 
 def _seeds_text(seeds: Optional[np.ndarray]) -> Optional[str]:
@@ -423,12 +426,15 @@ def evaluate(
     prepared = data.load_prepared(data_dir, verify=False)
     manifest = prepared.manifest
     manifest_sha = files.sha256_file(Path(data_dir) / "manifest.json")
-    gaussian = manifest.get("source") == "gaussian"
-    kind = "gaussian" if gaussian else "images"
-    if space.data != kind:
+    source = manifest.get("source")
+    kind = source if source in ("gaussian", "gmm") else "images"
+    kinds = {"gmm": ("gmm", "images")}.get(kind, (kind,))  # a mixture's samples are images too
+    if not set(space.data) & set(kinds):
+        allowed = list(dict.fromkeys(n for k in kinds for n in spaces_for(k)))
         raise FIDError(f"fid.features: {features!r} does not apply to dataset {dataset!r} "
-                       f"({kind}: use {' or '.join(spaces_for(kind))})")
-    samples, seeds = _load_samples(samples_path)
+                       f"({kind}: use {' or '.join(allowed)})")
+    # a closed-form space reads a mixture's float samples (before uint8 rounding) where they are stored
+    samples, seeds = _load_samples(samples_path, "samples_float" if space.closed_form is not None else "samples")
     n = int(len(samples))
     if n < 2:
         raise FIDError(f"{dataset}/{_point_name(point)}: FID needs at least 2 samples, got {n}")
@@ -446,7 +452,7 @@ def evaluate(
     }
 
     if space.closed_form is not None:
-        fd, reps, params, reference = space.closed_form(space.adapt(samples), manifest, blocks)
+        fd, reps, params, reference = space.closed_form(space.adapt(samples), manifest, blocks, Path(data_dir))
         ref_id = hashlib.sha256(json.dumps({"manifest_sha256": manifest_sha, "features": features, **params},
                                            sort_keys=True).encode()).hexdigest()[:16]
         ci = None if reps is None else list(intervals.jackknife_interval(float(fd), reps, LEVEL)[:2])

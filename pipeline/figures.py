@@ -23,6 +23,7 @@ import math
 import sys
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -176,8 +177,30 @@ def read_first_images(npz_path: Path, k: int) -> np.ndarray:
         return np.ascontiguousarray(z[SAMPLE_KEY][:k])
 
 
-def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k: int, stem: Path) -> list[Path]:
-    """Rows sampler settings, columns steps; each cell the first k samples of that grid point."""
+EXACT_ROW = "exact ODE map"
+
+
+def exact_mosaic_row(endpoints_npz: Path, steps_list, first_timestep, seed: int, k: int) -> dict:
+    """{steps: uint8 images [k, C, H, W]}: the exact-map stage's endpoints (pipeline/exact_map.py) from
+    each step count's first timestep `first_timestep(steps)`, first k seeds, rounded like the samples;
+    {} when they cannot line up with the samples (other seeds)."""
+    with np.load(endpoints_npz, allow_pickle=False) as z:
+        seeds = z["seeds"]
+        if not len(seeds) or int(seeds[0]) != seed:
+            return {}
+        out = {}
+        for steps in sorted(set(steps_list)):
+            key = f"t{first_timestep(steps)}"
+            if key in z.files:
+                out[steps] = np.clip(np.round((z[key][:k] + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return out
+
+
+def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k: int, stem: Path,
+                  exact: Optional[dict] = None) -> list[Path]:
+    """Rows sampler settings, columns steps; each cell the first k samples of that grid point.
+    `exact` {steps: uint8 images}: a first row with the exact probability-flow endpoints of the same
+    seeds from each column's first timestep, what the deterministic samplers below approximate."""
     runs = frame[frame["dataset"] == dataset].drop_duplicates("point").set_index("point")
     unknown = sorted(set(points) - set(runs.index))
     if unknown:
@@ -204,6 +227,9 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
     rows = sorted(sort_key, key=sort_key.get)
     cols = sorted(set(int(s) for s in sub["steps"]))
     cell = {(label[p], int(sub.at[p, "steps"])): images[p] for p in points}
+    if exact:
+        rows = [EXACT_ROW] + rows
+        cell.update({(EXACT_ROW, int(s)): np.asarray(a)[:k] for s, a in exact.items() if int(s) in cols})
     first = next(iter(images.values()))
     n_img = min(len(a) for a in images.values())
     h, w = first.shape[2], first.shape[3]
@@ -235,7 +261,7 @@ def mosaic_figure(dataset: str, points: dict[str, Path], frame: pd.DataFrame, k:
 
 
 def run(runs_csv: Path, mosaic_samples: dict[tuple[str, str], Path], out_dir: Path, *,
-        mosaic_seeds: int = 8) -> list[Path]:
+        mosaic_seeds: int = 8, mosaic_exact: Optional[dict] = None) -> list[Path]:
     """All figures into out_dir; `mosaic_samples` maps (dataset, point) -> samples.npz. Returns the files written."""
     out_dir = Path(out_dir)
     frame = load_runs(Path(runs_csv))
@@ -248,5 +274,6 @@ def run(runs_csv: Path, mosaic_samples: dict[tuple[str, str], Path], out_dir: Pa
     for (dataset, point), path in mosaic_samples.items():
         by_dataset.setdefault(dataset, {})[point] = Path(path)
     for dataset, points in by_dataset.items():
-        written += mosaic_figure(dataset, points, frame, mosaic_seeds, out_dir / f"mosaic-{dataset}")
+        written += mosaic_figure(dataset, points, frame, mosaic_seeds, out_dir / f"mosaic-{dataset}",
+                                 (mosaic_exact or {}).get(dataset))
     return written

@@ -84,8 +84,9 @@ MNIST_RANK = 128
 # [-1, 1]) when they are tightened to 1e-12, while the best sampler at 1000 steps (plms / f-pndm) is
 # 1.3e-3 away (max; rms 1.7e-4): the solver's error is > 1e5 times below it, at ~5 s per solve.
 # tests/test_gmm.py checks the 10x margin on a small mixture (fast) and on MNIST (slow).
-ODE_RTOL = 1e-9
-ODE_ATOL = 1e-9
+ODE_RTOL = 1e-7
+ODE_ATOL = 1e-7
+SIGMA_MIN = 1e-6  # `ode_endpoint_full` integrates in log sigma down to here, then one Euler step to 0
 
 # ---------------------------------------------------------------------------- the model
 
@@ -171,9 +172,9 @@ class Mixture:
     def component_covariances(self) -> np.ndarray:
         """[K, d, d]: P C_k P^T + sigma2 (I - P P^T) (dense: for small d and tests)."""
         P = self.basis
-        C = np.einsum("kij,kj,klj->kil", self.eigvecs, self.eigvals, self.eigvecs)
+        C = (self.eigvecs * self.eigvals[:, None, :]) @ self.eigvecs.transpose(0, 2, 1)  # V_k diag(lam_k) V_k^T
         resid = self.sigma2 * (np.eye(self.d) - P @ P.T)
-        return np.einsum("ai,kij,bj->kab", P, C, P) + resid
+        return P @ C @ P.T + resid  # matmuls, not a 3-operand einsum (that one is O(K d^2 r^2): minutes at d = 784)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """The mixture's mean [d] and covariance [d, d] (law of total covariance)."""
@@ -193,8 +194,9 @@ class Mixture:
             nu = torch.einsum("kji,kj->ki", V, mus)  # V_k^T mu_k [K, r]
             vcat = V.permute(1, 0, 2).reshape(r, K * r)  # vcat[j, k r + i] = V_k[j, i]
             to = dict(device=device, dtype=dtype)
+            full_identity = self.r == self.d and np.array_equal(self.basis, np.eye(self.d))
             self._cache[key] = {
-                "P": torch.tensor(self.basis, **to),
+                "P": None if full_identity else torch.tensor(self.basis, **to),  # None: P = I, no products
                 "mean": torch.tensor(self.mean, **to),
                 "vcat": vcat.to(**to),
                 "nu": nu.to(**to),
@@ -364,8 +366,9 @@ def fit(x: np.ndarray, *, components: int, rank: int, seed: int, reg_covar: floa
 # ---------------------------------------------------------------------------- sampling
 
 
-def sample(mix: Mixture, n: int, seed: int = 0) -> torch.Tensor:
-    """n exact samples, float64 [n, *mix.shape].
+def sample(mix: Mixture, n: int, seed: int = 0, *, return_components: bool = False):
+    """n exact samples, float64 [n, *mix.shape] (and, with `return_components`, the component each
+    came from, int64 [n]).
 
     Sample k uses only torch.Generator().manual_seed(seed + k) (as the pipeline seeds images), so a
     reference set is reproducible and any prefix of it is the same: one uniform picks the component
@@ -392,8 +395,8 @@ def sample(mix: Mixture, n: int, seed: int = 0) -> torch.Tensor:
     sub = torch.tensor(mix.mus)[comp] + torch.einsum("nij,nj->ni", V, lam.sqrt() * z)
     if r < d:
         resid = math.sqrt(mix.sigma2) * (resid - (resid @ P) @ P.T)
-    x = torch.tensor(mix.mean) + sub @ P.T + resid
-    return x.reshape(n, *mix.shape)
+    x = (torch.tensor(mix.mean) + sub @ P.T + resid).reshape(n, *mix.shape)
+    return (x, comp.to(torch.int64)) if return_components else x
 
 
 # ---------------------------------------------------------------------------- the exact score
@@ -407,8 +410,11 @@ def _terms(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Ten
     x = x.to(dt)
     sa = a.sqrt()
     y = x - sa.to(dt)[:, None] * p["mean"]
-    z = y @ p["P"]
-    e = y - z @ p["P"].T  # residual outside span(P); computed, not |y|^2 - |z|^2, to avoid cancellation
+    if p["P"] is None:  # P = I (e.g. the subspace ODE of `ode_endpoint`): no complement
+        z, e = y, torch.zeros_like(y[:, :0])
+    else:
+        z = y @ p["P"]
+        e = y - z @ p["P"].T  # residual outside span(P); computed, not |y|^2 - |z|^2, to avoid cancellation
     B, K = x.shape[0], p["nu"].shape[0]
     w = (z @ p["vcat"]).reshape(B, K, -1) - sa.to(dt)[:, None, None] * p["nu"]  # V_k^T (z - sqrt(a) mu_k)
     s = a[:, None, None] * p["lam"] + (1 - a)[:, None, None]  # a lam_k + 1 - a
@@ -428,6 +434,8 @@ def _eps(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Tenso
     gamma = torch.softmax(logits, dim=-1)  # log-sum-exp normalisation in float64
     u = (gamma[:, :, None] * q).to(dt)  # gamma_k s_k^-1 w_k
     g = u.reshape(u.shape[0], -1) @ p["vcat"].T  # sum_k gamma_k V_k s_k^-1 w_k  [B, r]
+    if p["P"] is None:
+        return (1 - a).sqrt().to(dt)[:, None] * g
     return (1 - a).sqrt().to(dt)[:, None] * (g @ p["P"].T + e / rho.to(dt)[:, None])
 
 
@@ -486,6 +494,8 @@ def eps_fn(mix: Mixture, schedule: NoiseSchedule, shape: Optional[Sequence[int]]
             ab = schedule.alpha_bar.to(x.device)
             tables[x.device] = ab, (ab[:, None, None] * p["lam"] + (1 - ab)[:, None, None]).log().sum(-1)
         alpha_bar, logdet = tables[x.device]
+        if t.numel() > 1 and bool((t == t[0]).all()):
+            t = t[:1]  # one noise level for the batch (as the samplers call it): [1], broadcast, not [B]
         eps = _eps(p, x.reshape(x.shape[0], -1), alpha_bar[t], logdet[t])
         return eps.reshape(x.shape).to(x.dtype)
 
@@ -500,30 +510,76 @@ def ode_endpoint(mix: Mixture, x_T, alpha_bar_T: float, *, rtol: float = ODE_RTO
     """The probability-flow map from x_T (at alpha_bar = alpha_bar_T) to x_0 (alpha_bar = 1), float64,
     shaped like x_T, by an adaptive high-order solve of the exact-score ODE.
 
+    The flow splits along the shared basis: every component has the same law N(m_perp, sigma2 I) in
+    the complement of span(P) (m_perp = (I - P P^T) mean), so p_t factorises into a mixture of the
+    subspace coordinates u = P^T x and one Gaussian of the complement coordinates v = x - P u. The
+    complement is mapped in closed form (`gaussian.exact_map`, per coordinate), and only the
+    r-dimensional subspace ODE is solved numerically (`ode_endpoint_full`): r/d of the cost, and the
+    same map (tests/test_gmm.py checks it against the full solve).
+    """
+    from pipeline import gaussian
+
+    xf = _flat(mix, x_T, "x_T").detach().to("cpu", torch.float64)
+    a_T = _check_alpha_T(alpha_bar_T)
+    if mix.r == mix.d:
+        return ode_endpoint_full(mix, x_T, a_T, rtol=rtol, atol=atol, method=method)
+    P, mean = torch.tensor(mix.basis), torch.tensor(mix.mean)
+    u = xf @ P
+    v = xf - u @ P.T
+    m_perp = mean - (mean @ P) @ P.T
+    sub = Mixture(weights=mix.weights, mean=mix.mean @ mix.basis, basis=np.eye(mix.r), mus=mix.mus,
+                  eigvecs=mix.eigvecs, eigvals=mix.eigvals, sigma2=1.0, shape=(mix.r,))
+    u0 = ode_endpoint_full(sub, u, a_T, rtol=rtol, atol=atol, method=method)
+    v0 = gaussian.exact_map(v, m_perp, math.sqrt(mix.sigma2), a_T)
+    return (u0 @ P.T + v0).reshape(x_T.shape)
+
+
+def _check_alpha_T(alpha_bar_T) -> float:
+    a_T = float(alpha_bar_T)
+    if not 0 < a_T <= 1:
+        raise ValueError(f"alpha_bar_T: must be in (0, 1], got {alpha_bar_T!r}")
+    return a_T
+
+
+def ode_endpoint_full(mix: Mixture, x_T, alpha_bar_T: float, *, rtol: float = ODE_RTOL, atol: float = ODE_ATOL,
+                      method: str = "DOP853") -> torch.Tensor:
+    """`ode_endpoint` by one solve in all d dimensions (the reference the split solve is tested against).
+
     In DDIM's variables (Song et al. 2021, Eq. 14) x_bar = x / sqrt(a), sigma = sqrt((1 - a) / a):
         d x_bar / d sigma = eps*(x_bar sqrt(a), a),  a = 1 / (1 + sigma^2),
-    from sigma_T down to sigma = 0, where x = x_bar. The whole batch is one system (scipy's error
+    from sigma_T down to sigma = 0, where x = x_bar. Integrated in log sigma (d x_bar / d log sigma =
+    sigma eps*) down to SIGMA_MIN: in sigma itself the flow is stiff wherever a component variance
+    lam is small (the field changes on the scale sqrt(lam) near sigma = 0) and an explicit solver
+    crawls; in log sigma it is smooth. The last stretch SIGMA_MIN -> 0 is one Euler step in sigma,
+    whose error is about SIGMA_MIN^2 / (2 sqrt(lam_min)) (< 1e-9 for lam_min >= 1e-6).
+    The whole batch is one system (scipy's error
     norm is the RMS over all of it, so rtol/atol are set well below the accuracy wanted per sample).
     """
     from scipy.integrate import solve_ivp
 
     xf = _flat(mix, x_T, "x_T").detach().to("cpu", torch.float64)
-    a_T = float(alpha_bar_T)
-    if not 0 < a_T <= 1:
-        raise ValueError(f"alpha_bar_T: must be in (0, 1], got {alpha_bar_T!r}")
+    a_T = _check_alpha_T(alpha_bar_T)
     B, d = xf.shape
     if a_T == 1 or B == 0:
         return xf.clone().reshape(x_T.shape)
     p = mix._torch(torch.device("cpu"), torch.float64)
 
-    def rhs(sig: float, y: np.ndarray) -> np.ndarray:
+    def eps(sig: float, xbar: torch.Tensor) -> torch.Tensor:
         a = 1.0 / (1.0 + sig * sig)
-        xt = torch.from_numpy(y).reshape(B, d) * math.sqrt(a)
-        return _eps(p, xt, torch.tensor([a], dtype=torch.float64)).reshape(-1).numpy()
+        return _eps(p, xbar * math.sqrt(a), torch.tensor([a], dtype=torch.float64))
+
+    def rhs(log_sig: float, y: np.ndarray) -> np.ndarray:
+        sig = math.exp(log_sig)
+        return (sig * eps(sig, torch.from_numpy(y).reshape(B, d))).reshape(-1).numpy()
 
     sig_T = math.sqrt((1 - a_T) / a_T)
-    sol = solve_ivp(rhs, (sig_T, 0.0), (xf / math.sqrt(a_T)).reshape(-1).numpy(), method=method,
-                    rtol=rtol, atol=atol, t_eval=[0.0])
+    y_T = (xf / math.sqrt(a_T)).reshape(-1).numpy()
+    if sig_T <= SIGMA_MIN:
+        y = torch.from_numpy(y_T).reshape(B, d)
+        return (y - sig_T * eps(sig_T, y)).reshape(x_T.shape)
+    sol = solve_ivp(rhs, (math.log(sig_T), math.log(SIGMA_MIN)), y_T, method=method, rtol=rtol, atol=atol,
+                    t_eval=[math.log(SIGMA_MIN)])
     if not sol.success:
         raise RuntimeError(f"ode_endpoint: {method} failed ({sol.message}) from alpha_bar_T = {a_T}")
-    return torch.from_numpy(sol.y[:, -1].copy()).reshape(x_T.shape)
+    y = torch.from_numpy(sol.y[:, -1].copy()).reshape(B, d)
+    return (y - SIGMA_MIN * eps(SIGMA_MIN, y)).reshape(x_T.shape)

@@ -96,16 +96,25 @@ def model_eps_fn(model: torch.nn.Module, device: str, *, bf16: bool = False, cha
 
 
 def load_eps_fn(model_path, manifest: dict, dataset: str, diffusion: DiffusionConfig, cfg: SampleConfig,
-                device: str) -> tuple[Callable, dict]:
+                device: str, data_dir=None) -> tuple[Callable, dict]:
     """The eps function to sample from, and the record fields naming it (model, model_kind, checkpoint_sha256).
 
-    model_path: a checkpoint (file or folder) from the train stage; None: the gaussian set's exact eps.
+    model_path: a checkpoint (file or folder) from the train stage; None: the exact eps of a data set
+    that has one (the gaussian's N(mu, s^2 I); a gmm's mixture, read from `data_dir`).
     """
     shape = tuple(int(d) for d in manifest["shape"])
     if model_path is not None:
         return _load_checkpoint(model_path, device, diffusion, shape, cfg)
+    if manifest.get("source") == "gmm":
+        from pipeline import data, gmm
+
+        path = Path(data_dir) / data.MIXTURE_FILE
+        mix = gmm.load(path)
+        return gmm.eps_fn(mix, diffusion.noise_schedule(), shape), {
+            "checkpoint_sha256": files.sha256_file(path), "model": f"exact eps of the mixture {path}",
+            "model_kind": "exact"}
     if manifest.get("source") != "gaussian":
-        raise SampleError(f"--model: required for dataset {dataset!r} (only the gaussian set has an exact model)")
+        raise SampleError(f"--model: required for dataset {dataset!r} (only the gaussian and gmm sets have an exact model)")
     from pipeline import gaussian
 
     mu, s = float(manifest["mu"]), float(manifest["s"])
@@ -262,6 +271,12 @@ def render(x: torch.Tensor, manifest: dict, grid_images: int, title: str) -> tup
     return samples, _grid_png_images(samples[:grid_images])
 
 
+def float_samples(x: torch.Tensor, manifest: dict) -> dict:
+    """A mixture's samples also as float32 (key samples_float): the exact feature space compares their
+    moments with the mixture's before any uint8 rounding or clamping."""
+    return {"samples_float": x.to(torch.float32).cpu().numpy()} if manifest.get("source") == "gmm" else {}
+
+
 def run_record(*, cfg: SampleConfig, point: GridPoint, options: dict, diffusion: DiffusionConfig, dataset: str,
                n: int, nfe: int, wall: float, peak: tuple[int, str], device: str, model_info: dict,
                manifest_sha256: str, samples_dtype: torch.dtype) -> dict:
@@ -347,10 +362,13 @@ def run_many(
     model_path,
     out_dirs: Sequence,
     dataset: str,
+    exact_map_path=None,
 ) -> list[dict]:
     """Sample each grid point in turn into its folder of `out_dirs` (one process, one model load and
     one warm-up for all: `run.job_per: dataset`); returns the records. Every point is checked before
-    any compute; each point's outputs are written as soon as it is done."""
+    any compute; each point's outputs are written as soon as it is done. `exact_map_path`: the
+    exact-map stage's endpoints (data sets with an exact score): each deterministic point's record
+    gets its pathwise RMS error against them (`exact_map.path_error`)."""
     from pipeline import data
 
     # ---- every check before any compute
@@ -360,7 +378,12 @@ def run_many(
     manifest = data.load_prepared(data_dir, verify=False).manifest
     shape = tuple(int(d) for d in manifest["shape"])
     schedule = diffusion.noise_schedule()
-    eps_fn, model_info = load_eps_fn(model_path, manifest, dataset, diffusion, cfg, device)
+    eps_fn, model_info = load_eps_fn(model_path, manifest, dataset, diffusion, cfg, device, data_dir)
+    endpoints = None
+    if exact_map_path is not None:
+        from pipeline import exact_map
+
+        endpoints = exact_map.load(exact_map_path)
     manifest_sha256 = files.sha256_file(data_dir / "manifest.json")
 
     # ---- warm-up (untimed), then per point the timed sampling
@@ -379,10 +402,15 @@ def run_many(
         # ---- render everything in memory, then write
         samples, grid = render(x, manifest, cfg.grid_images, f"{dataset} {point.name}")
         buf = io.BytesIO()
-        np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64))
+        np.savez_compressed(buf, samples=samples.numpy(), seeds=np.arange(cfg.seed, cfg.seed + n, dtype=np.int64),
+                            **float_samples(x, manifest))
         record = run_record(cfg=cfg, point=point, options=opts, diffusion=diffusion, dataset=dataset, n=n, nfe=nfe,
                             wall=wall, peak=peak, device=device, model_info=model_info,
                             manifest_sha256=manifest_sha256, samples_dtype=samples.dtype)
+        if endpoints is not None:
+            from pipeline import exact_map
+
+            record.update(exact_map.path_error(x, endpoints, point, seeds, diffusion.T))
         out_dir = Path(out_dir)
         files.write_bytes(out_dir / "samples.npz", buf.getvalue())
         files.write_bytes(out_dir / "grid.png", grid)

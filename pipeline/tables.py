@@ -32,6 +32,21 @@ from pipeline.labels import PNDM_ROWS, SIGMA_HAT, Flavor, SeriesKey, devices_tex
 from pipeline.records import published_runs, series_curves
 
 TABLE1_ETAS = (0.0, 0.2, 0.5, 1.0)  # DDIM Table 1's eta rows (a row needs our or the paper's numbers)
+PATH_RMS = "path-rms"  # the pseudo feature space of the pathwise-error tables (data sets with an exact score)
+
+
+def path_rms_group(g: pd.DataFrame) -> Optional[pd.DataFrame]:
+    """The runs of one data set with a pathwise error (pipeline/exact_map.py), as a table group whose
+    `fid` columns hold path_rms and its interval (one row per point, features PATH_RMS); None when
+    no point has one. Stochastic points have none and drop out."""
+    rows = g[g["path_rms"].notna()].drop_duplicates("point")
+    if rows.empty:
+        return None
+    rows = rows.assign(fid=rows["path_rms"], fid_lo=rows["path_rms_lo"], fid_hi=rows["path_rms_hi"],
+                       features=PATH_RMS, kid_mean=float("nan"), kid_std=float("nan"), kid_lo=float("nan"),
+                       kid_hi=float("nan"), fid_replicates=None, kid_replicates=None, ref_stats_id=None,
+                       comparable_to_papers=False, papers_note="pathwise error: no published counterpart")
+    return rows
 
 
 class Fid(NamedTuple):
@@ -214,7 +229,14 @@ def _table_text(t: Layout, preset: str, fl: Flavor) -> tuple[str, str, list[str]
     title = (f"{name}: {fl.code(t.dataset)}, {fl.code(t.features)} features, "
              f"{fl.code(t.spacing)} spacing")
     g = t.group
-    cap = [f"FID (lower is better) with {fl.code(t.features)} features, {n_text(g['n_images'])}, "
+    if t.features == PATH_RMS:
+        title = title.replace(f"{fl.code(t.features)} features", "pathwise RMS error")
+        what = ("Pathwise RMS error (lower is better) of each deterministic sampler's x_0 against the exact "
+                "probability-flow endpoint of the same x_T (exact score, high-accuracy ODE solve; pixels in "
+                "[-1, 1], before uint8 rounding)")
+    else:
+        what = f"FID (lower is better) with {fl.code(t.features)} features"
+    cap = [f"{fl.esc(what)}, {n_text(g['n_images'])}, "
            f"{fl.esc(seeds_text(g))}; ddbench preset {fl.code(preset)}; device: {fl.esc(devices_text(g))}.",
            f"{fl.esc(_interval_text(g))}."]
     if t.kind == "ddim_table1":

@@ -287,6 +287,17 @@ def ode_margin(mix, linear, batch, names=DETERMINISTIC):
     return (ref - tight).abs().max().item(), min(errs.values()), errs
 
 
+def test_the_split_solve_is_the_full_solve(linear):
+    """ode_endpoint solves only the subspace ODE and maps the complement in closed form; one solve in
+    all d dimensions gives the same endpoint."""
+    mix = random_mixture(K=3, r=4, d=12, seed=3, lam=(1e-2, 2.0), sigma2=0.03)
+    x_T = torch.randn(5, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a_T = linear.alpha_bar[-1].item()
+    split = gmm.ode_endpoint(mix, x_T, a_T)
+    full = gmm.ode_endpoint_full(mix, x_T, a_T, rtol=1e-11, atol=1e-11)
+    assert (split - full).abs().max() <= 1e-7
+
+
 def test_ode_tolerance_is_10x_below_the_best_sampler(linear):
     """Against the high-order samplers with one eps call per step (ddim, first order, and pndm-prk,
     4 calls per step, are never the most accurate at 1000 steps; the slow MNIST test runs all)."""

@@ -29,6 +29,7 @@ def slurm_params() -> dict:
     still runs, and each SLURM job costs three Python start-ups (snakemake, the job step's
     snakemake, the stage), so fewer jobs keep the test short."""
     p = tiny_params("point")  # one job per grid point, as the cluster presets run
+    p["run"]["datasets"] = ["mnist-embedded", "gaussian"]
     p["grid"] = {"ddim_table": {"steps": [2], "eta": [1.0], "sigma_hat": False, "spacings": ["uniform"]}, "mosaic_seeds": 4}
     return p
 

@@ -33,6 +33,8 @@ def tiny_params(job_per: str | None = None) -> dict:
     p["fid"].update(batch_size=16)
     p["overrides"]["gaussian"]["sample"].update(n_images=200, batch_size=200)
     p["overrides"]["gaussian"].pop("grid", None)
+    p["datasets"]["mnist-gmm"].update(components=3, rank=8, n=100)
+    p["overrides"]["mnist-gmm"] = {"sample": {"n_images": 20, "batch_size": 20, "path_n": 10}}
     p["grid"] = {
         "ddim_table": {"steps": [2, 4], "eta": [0.0, 1.0], "sigma_hat": False, "spacings": ["uniform"]},
         "pndm_table": {"samplers": ["s-pndm", "f-pndm"], "steps": [5], "spacings": ["uniform"]},
@@ -142,8 +144,13 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_that_code_in_both_engine
 
 def test_snakemake_runs_the_tiny_pipeline_end_to_end(built):
     runs = pd.read_csv(built / "results/embedded/tables/runs.csv")
-    assert set(runs["dataset"]) == {"mnist-embedded", "gaussian"}
-    assert len(runs) == 2 * 6  # 6 grid points per data set, one feature space each
+    assert set(runs["dataset"]) == {"mnist-embedded", "gaussian", "mnist-gmm"}
+    # 6 grid points per data set: one feature space each, the mixture two (classifier and exact)
+    assert len(runs) == 6 + 6 + 2 * 6
+    gm = runs[(runs.dataset == "mnist-gmm") & (runs.features == "exact")]
+    deterministic = gm.sampler.isin(["s-pndm", "f-pndm"]) | ((gm.sampler == "ddim") & (gm.eta == 0))
+    assert gm.loc[deterministic, "path_rms"].notna().all() and gm.loc[~deterministic, "path_rms"].isna().all()
+    assert list((built / "results/embedded/tables").glob("pndm-mnist-gmm-path-rms-*.md"))
     assert runs["fid"].notna().all() and (runs["nfe"] > 0).all()
     for f in ("s-pndm", "f-pndm"):
         assert set(runs.loc[runs.sampler == f, "nfe"]) == {__import__("pipeline.samplers", fromlist=["nfe"]).nfe(f, 5)}

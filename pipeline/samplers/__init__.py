@@ -135,6 +135,7 @@ class Sampler:
     nfe: Callable[[int], int]
     options: tuple = ()
     repeats: bool = False
+    stochastic: Union[bool, Callable[[dict], bool]] = False  # or a function of the resolved options
 
     @property
     def takes_eta(self) -> bool:
@@ -183,10 +184,12 @@ def _check_options(name: str, options) -> tuple:
 
 
 def register(name: str, fn: Union[str, Callable], nfe: Callable[[int], int], *, options=(),
-             repeats: bool = False) -> None:
+             repeats: bool = False, stochastic: Union[bool, Callable[[dict], bool]] = False) -> None:
     """Add a sampler under `name`; `fn` is the function or "module:function"; `nfe(steps)` must be the
     exact number of eps_fn calls; `options`: its keyword options as `Option` specs, in the order
-    point names list them; `repeats`: it handles steps with t == t_next."""
+    point names list them; `repeats`: it handles steps with t == t_next; `stochastic`: it draws fresh
+    noise along the way (True, or a function of the resolved options), so its endpoint is not the
+    probability-flow map of x_T (pathwise errors are reported for deterministic samplers only)."""
     if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", name) or name == "all":
         # `samplers: all` in params.yaml means every one; names are part of file paths and point names
         raise ValueError(f"sampler name: expected lowercase letters, digits and + . - other than 'all', got {name!r}")
@@ -198,7 +201,9 @@ def register(name: str, fn: Union[str, Callable], nfe: Callable[[int], int], *, 
         raise ValueError(f"sampler {name!r}: fn must be a callable or 'package.module:function', got {type(fn).__name__}")
     if not callable(nfe):
         raise ValueError(f"sampler {name!r}: nfe must be a function steps -> number of eps_fn calls")
-    SAMPLERS[name] = Sampler(name, fn, nfe, _check_options(name, options), bool(repeats))
+    if not (isinstance(stochastic, bool) or callable(stochastic)):
+        raise ValueError(f"sampler {name!r}: stochastic must be a bool or a function of the options")
+    SAMPLERS[name] = Sampler(name, fn, nfe, _check_options(name, options), bool(repeats), stochastic)
 
 
 def _rk_warmup(steps: int) -> int:
@@ -213,9 +218,11 @@ CLIP_X0 = Option("clip_x0", bool, False, "clip",
 LOWER_ORDER_FINAL = Option("lower_order_final", bool, True, "lof",
                            help="first order on the last step that ends at a noise level > 0 when S <= 10 (official DPM-Solver)")
 
-register("ddpm", "pipeline.samplers.ddpm:ddpm", lambda s: s, options=(CLIP_X0,), repeats=True)
-register("ddpm-large", "pipeline.samplers.ddpm:ddpm_large", lambda s: s, options=(CLIP_X0,), repeats=True)
-register("ddim", "pipeline.samplers.ddim:ddim", lambda s: s, options=(ETA, CLIP_X0), repeats=True)
+register("ddpm", "pipeline.samplers.ddpm:ddpm", lambda s: s, options=(CLIP_X0,), repeats=True, stochastic=True)
+register("ddpm-large", "pipeline.samplers.ddpm:ddpm_large", lambda s: s, options=(CLIP_X0,), repeats=True,
+         stochastic=True)
+register("ddim", "pipeline.samplers.ddim:ddim", lambda s: s, options=(ETA, CLIP_X0), repeats=True,
+         stochastic=lambda o: o["eta"] > 0)
 register("pndm-prk", "pipeline.samplers.pndm:pndm_prk", lambda s: 4 * s)
 register("s-pndm", "pipeline.samplers.pndm:s_pndm", lambda s: s + 1)
 register("f-pndm", "pipeline.samplers.pndm:f_pndm", _rk_warmup)
@@ -248,6 +255,13 @@ def nfe(name: str, steps: int) -> int:
 def takes_eta(name: str) -> bool:
     _check_name(name)
     return SAMPLERS[name].takes_eta
+
+
+def is_stochastic(name: str, options: Optional[Mapping] = None) -> bool:
+    """Whether sampler `name` with `options` draws noise after x_T (DDPM, DDIM with eta > 0)."""
+    _check_name(name)
+    st = SAMPLERS[name].stochastic
+    return bool(st(resolve_options(name, options)) if callable(st) else st)
 
 
 def options_of(name: str) -> tuple:
