@@ -263,12 +263,15 @@ else:
             params:
                 cfg=dag.params_values(CFG, _job.params),
                 code=CODE[_job.stage],
+                # the command as a value: `shell:` is formatted when the job runs, when the loop
+                # variable names the last job, while params are evaluated here
+                cmd=_job.cmd.rsplit(" --log ", 1)[0],
             log:
                 re.search(r"--log (\S+)", _job.cmd).group(1),
             resources:
                 gpu=1,
             shell:
-                _job.cmd.rsplit(" --log ", 1)[0] + " --log {log}"
+                "{params.cmd} --log {log}"
 
 
 rule aggregate:
