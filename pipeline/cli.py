@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import Config, ConfigError, GridPoint
 
-STAGES = ("prepare-data", "train", "train-classifier", "ref-stats", "sample", "fid", "aggregate", "figures")
+STAGES = ("prepare-data", "train", "train-classifier", "ref-stats", "exact-map", "sample", "fid", "aggregate", "figures")
 
 
 class _Tee:

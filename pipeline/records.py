@@ -44,7 +44,7 @@ from pipeline.labels import SIGMA_HAT, SeriesKey, options_text, sampler_rank, se
 RUN_COLUMNS = [
     "dataset", "sampler", "steps", "nfe", "spacing", "eta", "options", "n_images", "features",
     "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "kid_lo", "kid_hi",
-    "path_rms", "path_rms_lo", "path_rms_hi",
+    "path_rms", "path_rms_lo", "path_rms_hi", "path_n",
     "wall_s", "images_per_s", "s_per_nfe", "device_name",
     "comparable_to_papers", "papers_note", "point", "nfe_expected", "seed", "seeds", "batch_size",
     "peak_mem_bytes", "device", "torch", "torch_fidelity", "feature_extractor", "ref_n",
@@ -182,7 +182,7 @@ def _row(s: dict, f: dict, preset: str) -> dict:
         # data sets with an exact score: the deterministic points' error against the exact
         # probability-flow endpoint of the same x_T (pipeline/exact_map.py); NaN elsewhere
         "path_rms": _num(s.get("path_rms")), "path_rms_lo": _num(s.get("path_rms_lo")),
-        "path_rms_hi": _num(s.get("path_rms_hi")),
+        "path_rms_hi": _num(s.get("path_rms_hi")), "path_n": s.get("path_n"),
         "wall_s": float(s["wall_s"]), "images_per_s": float(s["images_per_s"]),
         "s_per_nfe": float(s["s_per_nfe"]), "device_name": s["device_name"],
         "comparable_to_papers": not not_comparable, "papers_note": "; ".join(not_comparable),

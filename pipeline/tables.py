@@ -42,6 +42,8 @@ def path_rms_group(g: pd.DataFrame) -> Optional[pd.DataFrame]:
     rows = g[g["path_rms"].notna()].drop_duplicates("point")
     if rows.empty:
         return None
+    n = rows["path_n"].astype(int)
+    rows = rows.assign(n_images=n, seeds=[f"{int(a)}..{int(a) + int(b) - 1}" for a, b in zip(rows["seed"], n)])
     rows = rows.assign(fid=rows["path_rms"], fid_lo=rows["path_rms_lo"], fid_hi=rows["path_rms_hi"],
                        features=PATH_RMS, kid_mean=float("nan"), kid_std=float("nan"), kid_lo=float("nan"),
                        kid_hi=float("nan"), fid_replicates=None, kid_replicates=None, ref_stats_id=None,
@@ -181,13 +183,19 @@ def _row_label(kind: str, key: SeriesKey, layout: str, fl: Flavor) -> str:
 CONTEXT_COLUMN = "published (context)"
 
 
-def fid_text(c: Fid, fl: Flavor) -> str:
+def fid_text(c: Fid, fl: Flavor, digits: int = 2) -> str:
     """"12.34 [11.80, 12.90]", "12.34 (no interval: N = 8 < 10)", or the not-measured dash."""
     if pd.isna(c.fid):
         return fl.dash
     if pd.isna(c.lo) or pd.isna(c.hi):
-        return f"{fl.num(c.fid)} ({fl.esc('no interval: ' + (c.note or 'none recorded'))})"
-    return f"{fl.num(c.fid)} [{fl.num(c.lo)}, {fl.num(c.hi)}]"
+        return f"{fl.num(c.fid, digits)} ({fl.esc('no interval: ' + (c.note or 'none recorded'))})"
+    return f"{fl.num(c.fid, digits)} [{fl.num(c.lo, digits)}, {fl.num(c.hi, digits)}]"
+
+
+def _digits(t: Layout) -> int:
+    """Decimals of a table's cells: FIDs 2; pathwise errors (pixels in [-1, 1], down to 1e-4 at 50
+    steps of a high-order method) 4."""
+    return 4 if t.features == PATH_RMS else 2
 
 
 def _context_text(values: dict, fl: Flavor) -> str:
@@ -202,9 +210,9 @@ def _render_cells(t: Layout, fl: Flavor) -> pd.DataFrame:
         if kind == "nfe":
             cells = [fl.integer(v) for v in row]
         elif t.with_paper and any(not pd.isna(p) for _, p in row):
-            cells = [f"{fid_text(o, fl)} / {fl.num(p)}" for o, p in row]
+            cells = [f"{fid_text(o, fl, _digits(t))} / {fl.num(p)}" for o, p in row]
         else:
-            cells = [fid_text(o, fl) for o, _ in row]
+            cells = [fid_text(o, fl, _digits(t)) for o, _ in row]
         if t.context is not None:
             cells.append(_context_text(t.context[i], fl) if i in t.context else ("" if kind == "nfe" else fl.dash))
         out.append(cells)

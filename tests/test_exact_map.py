@@ -123,6 +123,8 @@ def test_exact_feature_space_of_a_gmm_is_the_frechet_distance_to_its_moments(gmm
 def test_path_rms_tables_hold_the_deterministic_points_only():
     g = pd.DataFrame({"point": ["a", "b"], "sampler": ["ddim", "ddim"], "eta": [0.0, 1.0], "steps": [10, 10],
                       "path_rms": [0.1, float("nan")], "path_rms_lo": [0.08, float("nan")],
-                      "path_rms_hi": [0.12, float("nan")], "features": ["exact", "exact"]})
+                      "path_rms_hi": [0.12, float("nan")], "path_n": [500, None], "n_images": [2000, 2000],
+                      "seed": [0, 0], "seeds": ["0..1999", "0..1999"], "features": ["exact", "exact"]})
     pg = tables.path_rms_group(g)
     assert list(pg["point"]) == ["a"] and pg["fid"].tolist() == [0.1] and set(pg["features"]) == {tables.PATH_RMS}
+    assert pg["n_images"].tolist() == [500] and pg["seeds"].tolist() == ["0..499"]  # the images it was measured on

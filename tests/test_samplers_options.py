@@ -147,3 +147,14 @@ def test_a_new_option_needs_only_its_function_and_registry_entry(damped, repo_ro
     eps = exact_eps_fn(5.0, 2.0, schedule)
     full = samplers.sample(damped, eps, x, schedule, 5)
     torch.testing.assert_close(samplers.sample(damped, eps, x, schedule, 5, options={"damping": "half"}), full / 2)
+
+
+def test_the_registry_says_which_samplers_draw_noise_after_x_T():
+    from pipeline import samplers as reg
+
+    assert reg.is_stochastic("ddpm") and reg.is_stochastic("ddpm-large")
+    assert not reg.is_stochastic("ddim") and reg.is_stochastic("ddim", {"eta": 0.5})
+    assert not any(reg.is_stochastic(n) for n in ("s-pndm", "f-pndm", "fon", "rk4-ab4", "pndm-prk", "plms", "dpm-solver++"))
+    with pytest.raises(ValueError, match="stochastic must be a bool or a function"):
+        reg.register("noisy-test-only", lambda *a, **k: None, lambda s: s, stochastic="yes")
+    assert "noisy-test-only" not in reg.SAMPLERS

@@ -151,8 +151,8 @@ def test_every_job_goes_through_sbatch_and_sacct_lists_it_with_its_rule(runs):
     rows = sacct_rows(runs["run_uuid"])
     assert {c for _, c, s in rows if s == "COMPLETED"} == runs["expected"]
     assert {r.split("_wildcards_")[0] for r in runs["expected"]} == {
-        "rule_prepare_data", "rule_train", "rule_train_classifier", "rule_ref_stats", "rule_sample", "rule_fid",
-        "rule_aggregate", "rule_figures"}
+        "rule_prepare_data", "rule_train", "rule_train_classifier", "rule_ref_stats", "rule_exact_map", "rule_sample",
+        "rule_fid", "rule_aggregate", "rule_figures"}
     # Only the cancelled job did not complete; Snakemake submitted exactly the jobs sacct lists.
     assert [(j, c, s.split()[0]) for j, c, s in rows if s != "COMPLETED"] == [(*runs["cancelled"], "CANCELLED")]
     submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", runs["log"])
