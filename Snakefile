@@ -63,6 +63,15 @@ def is_gmm(dataset):
     return CFG.runs[dataset].dataset.source == "gmm"
 
 
+def data_path(key):
+    """P[key] of the entry whose prepared data, classifier and reference statistics a data set
+    uses: its own, or its `data_of` entry's (another model on the same data)."""
+    return lambda wc: P[key].format(dataset=CFG.runs[wc.dataset].dataset.data_name, features=getattr(wc, "features", ""))
+
+
+OWN_DATA = [ds for ds in CFG.runs if CFG.runs[ds].dataset.data_name == ds]
+
+
 def one_of(names):
     return "|".join(map(re.escape, names)) or "(?!)"  # (?!) matches nothing
 
@@ -88,7 +97,7 @@ rule prepare_data:
         images=P["images"],
         manifest=P["manifest"],
     wildcard_constraints:
-        dataset=one_of([ds for ds in CFG.runs if not is_gmm(ds)]),
+        dataset=one_of([ds for ds in OWN_DATA if not is_gmm(ds)]),
     params:
         cfg=params_of("prepare-data"),
         code=CODE["prepare-data"],
@@ -135,8 +144,8 @@ rule exact_map:
 
 rule train:
     input:
-        images=P["images"],
-        manifest=P["manifest"],
+        images=data_path("images"),
+        manifest=data_path("manifest"),
     output:
         unet=P["unet"],
         unet_json=P["unet_json"],
@@ -145,17 +154,20 @@ rule train:
     params:
         cfg=params_of("train"),
         code=CODE["train"],
+        data=data_path("data"),
     log:
         P["logs"] + "/train/{dataset}.log",
     threads: all_cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
-        PRE + " train --dataset {wildcards.dataset} --data " + P["data"].replace("{dataset}", "{wildcards.dataset}")
+        PRE + " train --dataset {wildcards.dataset} --data {params.data}"
         + " --out " + P["models"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
 
 
 rule train_classifier:
+    wildcard_constraints:
+        dataset=one_of(OWN_DATA),
     input:
         images=P["images"],
         manifest=P["manifest"],
@@ -176,6 +188,8 @@ rule train_classifier:
 
 
 rule ref_stats:
+    wildcard_constraints:
+        dataset=one_of(OWN_DATA),
     input:
         images=P["images"],
         manifest=P["manifest"],
@@ -200,7 +214,7 @@ if CFG.job_per == "point":
 
     rule sample:
         input:
-            manifest=P["manifest"],
+            manifest=data_path("manifest"),
             model=lambda wc: ([P[k].format(dataset=wc.dataset) for k in ("mixture", "mixture_json")] if is_gmm(wc.dataset) else [])
             + ([P["endpoints"].format(dataset=wc.dataset)] if is_exact(wc.dataset) else [P["unet"].format(dataset=wc.dataset), P["unet_json"].format(dataset=wc.dataset)]),
         output:
@@ -212,20 +226,21 @@ if CFG.job_per == "point":
             code=CODE["sample"],
             model=lambda wc: f" --exact-map {P['endpoints'].format(dataset=wc.dataset)}" if is_exact(wc.dataset) else f" --model {P['unet'].format(dataset=wc.dataset)}",
             runs=lambda wc: P["runs"].format(dataset=wc.dataset),
+            data=data_path("data"),
         log:
             P["logs"] + "/sample/{dataset}/{point}.log",
         resources:
             gpu=1,
         shell:
-            PRE + " sample --dataset {wildcards.dataset} --point {wildcards.point} --data "
-            + P["data"].replace("{dataset}", "{wildcards.dataset}") + "{params.model} --out {params.runs} --log {log}"
+            PRE + " sample --dataset {wildcards.dataset} --point {wildcards.point} --data {params.data}"
+            + "{params.model} --out {params.runs} --log {log}"
 
     rule fid:
         input:
-            manifest=P["manifest"],
+            manifest=data_path("manifest"),
             samples=P["samples"],
-            stats=lambda wc: [] if wc.features == "exact" else [P["stats"].format(dataset=wc.dataset, features=wc.features)],
-            classifier=lambda wc: [P["classifier"].format(dataset=wc.dataset)] if wc.features == "classifier" else [],
+            stats=lambda wc: [] if wc.features == "exact" else [data_path("stats")(wc)],
+            classifier=lambda wc: [data_path("classifier")(wc)] if wc.features == "classifier" else [],
             mixture=lambda wc: [P["mixture"].format(dataset=wc.dataset)] if wc.features == "exact" and is_gmm(wc.dataset) else [],
         output:
             record=P["fid"],
@@ -233,15 +248,15 @@ if CFG.job_per == "point":
             cfg=params_of("fid"),
             code=CODE["fid"],
             runs=lambda wc: P["runs"].format(dataset=wc.dataset),
-            stats=lambda wc: "" if wc.features == "exact" else f" --stats {P['stats'].format(dataset=wc.dataset, features=wc.features)}",
-            clf=lambda wc: f" --classifier {P['classifier'].format(dataset=wc.dataset)}" if wc.features == "classifier" else "",
+            stats=lambda wc: "" if wc.features == "exact" else f" --stats {data_path('stats')(wc)}",
+            clf=lambda wc: f" --classifier {data_path('classifier')(wc)}" if wc.features == "classifier" else "",
+            data=data_path("data"),
         log:
             P["logs"] + "/fid/{dataset}/{point}-{features}.log",
         resources:
             gpu=1,
         shell:
-            PRE + " fid --dataset {wildcards.dataset} --point {wildcards.point} --features {wildcards.features} --data "
-            + P["data"].replace("{dataset}", "{wildcards.dataset}")
+            PRE + " fid --dataset {wildcards.dataset} --point {wildcards.point} --features {wildcards.features} --data {params.data}"
             + " --runs {params.runs}{params.stats}{params.clf} --log {log}"
 
 else:

@@ -65,6 +65,12 @@ class DatasetConfig:  # `datasets.<name>`: one entry of the catalogue (`name` is
     components: int
     rank: int
     reg_covar: float
+    data_of: Optional[str]  # another model on this catalogue entry's data (its images, classifier, stats)
+
+    @property
+    def data_name(self) -> str:
+        """The entry whose prepared data, classifier and reference statistics this entry uses."""
+        return self.data_of or self.name
 
     @property
     def is_gaussian(self) -> bool:
@@ -543,6 +549,28 @@ def _check_dataset(ds: DatasetConfig, base_dir: Path) -> None:
                           f"not source {ds.source!r}")
 
 
+def _entry(name: str, merged: dict, catalogue: dict, run_datasets: list) -> dict:
+    """Catalogue entry `name` as it runs: an entry with `data_of` is its base entry's data under its own
+    name (checked: the base is an image source listed earlier in run.datasets, the entry holds nothing else)."""
+    entry = catalogue[name]
+    base_name = entry.get("data_of")
+    if base_name is None:
+        return entry
+    key = f"datasets.{name}"
+    extra = sorted(k for k in (merged.get("datasets") or {}).get(name, {}) if k != "data_of")
+    if extra:
+        raise ConfigError(f"{key}: an entry with data_of takes everything from {base_name!r}; remove {extra} "
+                          f"(its model goes under overrides.{name}.model)")
+    base = catalogue.get(base_name)
+    images = sorted(k for k, v in catalogue.items() if v.get("source") not in (None, "gaussian", "gmm"))
+    if base is None or base.get("data_of") is not None or base.get("source") in ("gaussian", "gmm"):
+        raise ConfigError(f"{key}.data_of: {base_name!r} is not an image data set of the catalogue; allowed: {images}")
+    if base_name not in run_datasets[: run_datasets.index(name)]:
+        raise ConfigError(f"{key}.data_of: {base_name!r} must come before {name!r} in run.datasets (its "
+                          f"prepare-data, classifier and reference statistics jobs serve {name} too)")
+    return {**base, "data_of": base_name}
+
+
 def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Path = Path(".")) -> Config:
     s = schema()
     _check(s, merged)
@@ -559,13 +587,13 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
     for name in doc["run"]["datasets"]:
         if name not in catalogue:
             raise ConfigError(f"run.datasets: unknown data set {name!r}; known: {sorted(catalogue)}")
-        ds = _build(DatasetConfig, {"name": name, **catalogue[name]})
+        ds = _build(DatasetConfig, {"name": name, **_entry(name, merged, catalogue, doc["run"]["datasets"])})
         _check_dataset(ds, base_dir)
         fit_to = None
         if ds.source == "gmm":
             target = catalogue.get(ds.fit_to) if ds.fit_to else None
-            if target is None or target.get("source") in ("gaussian", "gmm"):
-                images = sorted(k for k, v in catalogue.items() if v.get("source") not in ("gaussian", "gmm"))
+            if target is None or target.get("source") in (None, "gaussian", "gmm"):
+                images = sorted(k for k, v in catalogue.items() if v.get("source") not in (None, "gaussian", "gmm"))
                 raise ConfigError(f"datasets.{name}.fit_to: {ds.fit_to!r} is not an image data set of the "
                                   f"catalogue; allowed: {images}")
             fit_to = _build(DatasetConfig, {"name": ds.fit_to, **target})
@@ -594,6 +622,12 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
         )
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")
+        base = runs.get(ds.data_of) if ds.data_of else None
+        for section in ("classifier", "fid"):  # what the shared classifier and reference statistics were made with
+            if base is not None and getattr(runs[name], section) != getattr(base, section):
+                raise ConfigError(f"overrides.{name}.{section}: must equal {ds.data_of}'s {section} settings, whose "
+                                  f"classifier and reference statistics {name} shares (datasets.{name}.data_of); "
+                                  f"set them for both or for neither")
     grid = doc["grid"]
     return Config(
         preset=doc["preset"],

@@ -248,43 +248,48 @@ def jobs(cfg: Config) -> list:
         exact = run.dataset.exact_score  # gaussian, gmm: a closed-form eps, no training
         gmm = run.dataset.source == "gmm"
         f = lambda key, **kw: _p(P[key], dataset=ds, **kw)  # noqa: E731
-        data_outs = [f("images"), f("manifest")] + ([f("mixture"), f("mixture_json")] if gmm else [])
-        out.append(Job(
-            "prepare-data", stage_name("prepare-data", ds),
-            f"{pre} prepare-data --dataset {ds} --out {f('data')} --log {P['logs']}/prepare-data/{ds}.log",
-            outs=data_outs, params=params_keys(cfg, "prepare-data", ds),
-        ))
+        # data, classifier and reference statistics: the entry's own, or those of its `data_of` entry
+        own_data = run.dataset.data_name == ds
+        fd = lambda key, **kw: _p(P[key], dataset=run.dataset.data_name, **kw)  # noqa: E731
+        data_outs = [fd("images"), fd("manifest")] + ([f("mixture"), f("mixture_json")] if gmm else [])
+        if own_data:
+            out.append(Job(
+                "prepare-data", stage_name("prepare-data", ds),
+                f"{pre} prepare-data --dataset {ds} --out {fd('data')} --log {P['logs']}/prepare-data/{ds}.log",
+                outs=data_outs, params=params_keys(cfg, "prepare-data", ds),
+            ))
         if not exact:
             out.append(Job(
                 "train", stage_name("train", ds),
-                f"{pre} train --dataset {ds} --data {f('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
-                deps=[f("images"), f("manifest")],
+                f"{pre} train --dataset {ds} --data {fd('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
+                deps=[fd("images"), fd("manifest")],
                 outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
                 params=params_keys(cfg, "train", ds),
             ))
-        image_spaces = [feat for feat in run.features if feat != "exact"]  # spaces with reference stats
+        # feature spaces with a classifier / reference statistics, made once by the entry that owns the data
+        image_spaces = [feat for feat in run.features if feat != "exact"] if own_data else []
         if "classifier" in image_spaces:
             out.append(Job(
                 "train-classifier", stage_name("train-classifier", ds),
-                f"{pre} train-classifier --dataset {ds} --data {f('data')} --out {f('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
-                deps=[f("images"), f("manifest")], outs=[f("classifier"), f("classifier_json")],
+                f"{pre} train-classifier --dataset {ds} --data {fd('data')} --out {fd('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
+                deps=[fd("images"), fd("manifest")], outs=[fd("classifier"), fd("classifier_json")],
                 params=params_keys(cfg, "train-classifier", ds),
             ))
         for feat in image_spaces:
             clf = feat == "classifier"
             out.append(Job(
                 "ref-stats", stage_name("ref-stats", ds, feat),
-                f"{pre} ref-stats --dataset {ds} --features {feat} --data {f('data')}"
-                + (f" --classifier {f('classifier')}" if clf else "")
-                + f" --out {f('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
-                deps=[f("images"), f("manifest")] + ([f("classifier"), f("classifier_json")] if clf else []),
-                outs=[f("stats", features=feat), f("stats_json", features=feat)],
+                f"{pre} ref-stats --dataset {ds} --features {feat} --data {fd('data')}"
+                + (f" --classifier {fd('classifier')}" if clf else "")
+                + f" --out {fd('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
+                deps=[fd("images"), fd("manifest")] + ([fd("classifier"), fd("classifier_json")] if clf else []),
+                outs=[fd("stats", features=feat), fd("stats_json", features=feat)],
                 params=params_keys(cfg, "ref-stats", ds),
             ))
         if exact:
             out.append(Job(
                 "exact-map", stage_name("exact-map", ds),
-                f"{pre} exact-map --dataset {ds} --data {f('data')} --out {f('endpoints')} --log {P['logs']}/exact-map/{ds}.log",
+                f"{pre} exact-map --dataset {ds} --data {fd('data')} --out {f('endpoints')} --log {P['logs']}/exact-map/{ds}.log",
                 deps=data_outs, outs=[f("endpoints"), f("endpoints_json")],
                 params=params_keys(cfg, "exact-map", ds),
             ))
@@ -297,25 +302,25 @@ def jobs(cfg: Config) -> list:
             point_args = "".join(f" --point {pt}" for pt in pts)
             out.append(Job(
                 "sample", stage_name("sample", ds, *tag),
-                f"{pre} sample --dataset {ds}{point_args} --data {f('data')}"
+                f"{pre} sample --dataset {ds}{point_args} --data {fd('data')}"
                 + (f" --exact-map {f('endpoints')}" if exact else f" --model {f('unet')}")
                 + f" --out {f('runs')} --log {P['logs']}/sample/{ds}/{'-'.join(tag) or 'all'}.log",
-                deps=[f("manifest")] + model_deps,
+                deps=[fd("manifest")] + model_deps,
                 outs=[f(k, point=pt) for pt in pts for k in ("samples", "grid", "record")],
                 params=params_keys(cfg, "sample", ds),
             ))
             for feat in run.features:
                 clf = feat == "classifier"
-                stats = [] if feat == "exact" else [f("stats", features=feat)]
+                stats = [] if feat == "exact" else [fd("stats", features=feat)]
                 out.append(Job(
                     "fid", stage_name("fid", ds, *tag, feat),
-                    f"{pre} fid --dataset {ds}{point_args} --features {feat} --data {f('data')}"
+                    f"{pre} fid --dataset {ds}{point_args} --features {feat} --data {fd('data')}"
                     + f" --runs {f('runs')}"
-                    + (f" --stats {f('stats', features=feat)}" if stats else "")
-                    + (f" --classifier {f('classifier')}" if clf else "")
+                    + (f" --stats {fd('stats', features=feat)}" if stats else "")
+                    + (f" --classifier {fd('classifier')}" if clf else "")
                     + f" --log {P['logs']}/fid/{ds}/{'-'.join(tag) or 'all'}-{feat}.log",
-                    deps=[f("manifest")] + [f("samples", point=pt) for pt in pts] + stats
-                    + ([f("classifier")] if clf else []) + ([f("mixture")] if gmm and feat == "exact" else []),
+                    deps=[fd("manifest")] + [f("samples", point=pt) for pt in pts] + stats
+                    + ([fd("classifier")] if clf else []) + ([f("mixture")] if gmm and feat == "exact" else []),
                     outs=[f("fid", point=pt, features=feat) for pt in pts],
                     params=params_keys(cfg, "fid", ds),
                 ))
