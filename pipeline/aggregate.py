@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import claims, papers, tables
+from pipeline import claims, labels, papers, tables
 from pipeline.files import atomic_path, write_text
 from pipeline.labels import series_label
 from pipeline.records import table_groups, tidy
@@ -44,7 +44,7 @@ def _summary(frame: pd.DataFrame, checked: pd.DataFrame, written: list[Path], pr
     prov = []
     for (dataset, features), g in frame.groupby(["dataset", "features"], sort=False):
         prov.append({
-            "dataset": dataset, "features": features, "points": len(g),
+            "dataset": dataset, "model": labels.models_text(g), "features": features, "points": len(g),
             "N": uniq(g["n_images"]), "seeds": uniq(g["seeds"]), "spacings": uniq(g["spacing"]),
             "device": uniq(g["device_name"]), "torch": uniq(g["torch"]),
             "torch-fidelity": uniq(g["torch_fidelity"]), "reference N": uniq(g["ref_n"]),

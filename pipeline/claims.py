@@ -46,7 +46,7 @@ import pandas as pd
 from scipy.stats import norm
 
 from pipeline import intervals, papers
-from pipeline.labels import Flavor, SeriesKey, devices_text, n_text, seeds_text, series_label, sigma_hat_key
+from pipeline.labels import Flavor, SeriesKey, devices_text, models_text, n_text, seeds_text, series_label, sigma_hat_key
 from pipeline.records import parse_replicates, published_runs, series_curves, table_groups
 
 # Family-wise level of one claim on one basis: each of its k pair intervals is taken at
@@ -589,7 +589,8 @@ def render_markdown(claims: pd.DataFrame, frame: pd.DataFrame, preset: str) -> s
     for (dataset, features, spacing), g in claims.groupby(["dataset", "features", "spacing"], sort=False):
         runs = _group_runs(frame, dataset, features, spacing)
         lines += [f"## `{dataset}`, `{features}` features, `{spacing}` spacing", "",
-                  f"{n_text(runs['n_images'])}, {seeds_text(runs)}; device: {devices_text(runs)}.", ""]
+                  f"{n_text(runs['n_images'])}, {seeds_text(runs)}; model: {models_text(runs)}; "
+                  f"device: {devices_text(runs)}.", ""]
         wide = (g.pivot(index="claim_id", columns="basis", values=["verdict_detail", "_short"])
                 .loc[list(dict.fromkeys(g["claim_id"]))])
         table = pd.DataFrame({

@@ -9,6 +9,10 @@ Both axes are logarithmic (FID only when every value is positive). Every point c
 FID interval as an error bar (runs.csv `fid_lo`/`fid_hi`, delete-a-block jackknife); a point
 without one has no bar, and stderr says how many.
 
+Across data sets that share their data (`data_of`): `fid_vs_training-<D>-<F>`, FID against the
+model's training steps, one line per grid point measured on at least two of the models, for
+runs with the same reference statistics, feature space and N (the model-quality axis).
+
 Per dataset with uint8 samples: `mosaic-<D>`, rows sampler settings, columns steps, each
 cell the first k images, i.e. the same seeds seed..seed+k-1 in every cell, so that a
 difference between cells is the sampler's, not the noise's. Float samples (the Gaussian
@@ -150,6 +154,63 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
         plt.close(grid.figure)
 
 
+def model_quality_groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The runs that put several models of one data set side by side (entries with `data_of`, e.g. the
+    cpu preset's training snapshots): rows of trained U-Nets grouped by reference statistics, feature
+    space and N -- so every FID in a group is comparable -- with at least two training steps, keeping
+    the grid points measured on at least two of the models. Named by the first data set's name."""
+    if "model_train_steps" not in frame:
+        return []
+    d = frame.dropna(subset=["model_train_steps", "fid"])
+    groups = []
+    for _, g in d.groupby(["features", "ref_stats_id", "n_images"], sort=False):
+        if g["model_train_steps"].nunique() < 2:
+            continue
+        g = g[g.groupby("point")["model_train_steps"].transform("nunique") >= 2]
+        if not g.empty:
+            groups.append((str(g["dataset"].iloc[0]), g))
+    return groups
+
+
+def model_quality_figure(g: pd.DataFrame, stem: Path) -> list[Path]:
+    """FID against the model's training steps, one line per grid point (sampler setting and steps):
+    how each sampler's quality moves as the same network trains longer (issue 12's model-quality axis;
+    the practitioner's claim that stochastic sampling forgives model error and deterministic does not)."""
+    d = g.copy()
+    opts = d["options"] if "options" in d else [None] * len(d)
+    d["setting"] = [series_label(s, e, o) for s, e, o in zip(d["sampler"], d["eta"], opts)]
+    d["point setting"] = [f"{lab}, S = {int(s)}" for lab, s in zip(d["setting"], d["steps"])]
+    keys = sorted(set(zip(d["sampler"], d["eta"], opts, d["steps"])),
+                  key=lambda k: (int(k[3]), series_sort_key(series_key(*k[:3]))))
+    order = list(dict.fromkeys(f"{series_label(*k[:3])}, S = {int(k[3])}" for k in keys))
+    palette = dict(zip(order, sns.color_palette("tab10" if len(order) <= 10 else "husl", len(order))))
+    d["training steps"] = d["model_train_steps"].astype(int)
+    grid = sns.relplot(data=d, x="training steps", y="fid", hue="point setting", hue_order=order,
+                       style="point setting", style_order=order, markers=True, dashes=False, kind="line",
+                       errorbar=None, height=3.6, aspect=1.5, palette=palette)
+    log_y = bool((d["fid"] > 0).all())
+    grid.set(xscale="log", yscale="log" if log_y else "linear")
+    ax = grid.axes.flat[0]
+    for label, part in d.groupby("point setting", sort=False):
+        if part[["fid_lo", "fid_hi"]].notna().all().all():
+            ax.errorbar(part["training steps"], part["fid"],
+                        yerr=[part["fid"] - part["fid_lo"], part["fid_hi"] - part["fid"]],
+                        fmt="none", ecolor=palette[label], elinewidth=1, capsize=2)
+    _plain_log_ticks(ax.xaxis, d["training steps"])
+    if log_y:
+        _plain_log_ticks(ax.yaxis)
+    grid.set_axis_labels("training steps of the model (EMA weights)", "FID (log scale)" if log_y else "FID")
+    features = d["features"].iloc[0]
+    datasets = ", ".join(dict.fromkeys(d["dataset"].astype(str)))
+    grid.figure.suptitle(f"FID ({features} features, {n_text(d['n_images'], per_point=False)}, same reference) "
+                         f"vs training of the model\n{datasets}\nbars: {_level_text(d)} interval "
+                         f"(jackknife over seed blocks)", y=1.0, va="bottom", fontsize=10)
+    try:
+        return _save(grid.figure, stem)
+    finally:
+        plt.close(grid.figure)
+
+
 def read_first_images(npz_path: Path, k: int) -> np.ndarray:
     """The first k images of a samples.npz ([k, C, H, W], stored dtype), reading only those bytes."""
     npz_path = Path(npz_path)
@@ -270,6 +331,8 @@ def run(runs_csv: Path, mosaic_samples: dict[tuple[str, str], Path], out_dir: Pa
         for (dataset, features), g in frame.groupby(["dataset", "features"], sort=False):
             for name in CURVES:
                 written += curve_figure(g, name, out_dir / f"{name}-{dataset}-{features}")
+        for dataset, g in model_quality_groups(frame):
+            written += model_quality_figure(g, out_dir / f"fid_vs_training-{dataset}-{g['features'].iloc[0]}")
     by_dataset: dict[str, dict[str, Path]] = {}
     for (dataset, point), path in mosaic_samples.items():
         by_dataset.setdefault(dataset, {})[point] = Path(path)

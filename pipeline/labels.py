@@ -101,6 +101,26 @@ def devices_text(g: pd.DataFrame) -> str:
     return "; ".join(sorted(set(g["device_name"].astype(str))))
 
 
+def model_text(row) -> str:
+    """Which model made a run: the exact score, an imported one, or a U-Net with its training steps
+    and, for a shipped one (model.checkpoint), the file it came from: no table mixes them up unsaid."""
+    get = lambda k: row.get(k) if isinstance(row, dict) else getattr(row, k, None)  # noqa: E731
+    present = lambda v: v is not None and not (isinstance(v, float) and v != v)  # noqa: E731
+    if get("model_kind") == "exact":
+        return "exact score (no network)"
+    if present(get("model_pretrained")):
+        return f"imported {get('model_pretrained')}"
+    steps = get("model_train_steps")
+    text = f"U-Net, {int(steps):,} training steps" if present(steps) else "U-Net"
+    shipped = get("model_shipped_from")
+    return text + (f" (shipped checkpoint {shipped})" if present(shipped) else "")
+
+
+def models_text(g: pd.DataFrame) -> str:
+    cols = [c for c in ("model_kind", "model_pretrained", "model_train_steps", "model_shipped_from") if c in g]
+    return "; ".join(dict.fromkeys(model_text(r) for r in g[cols].to_dict("records")))
+
+
 class Flavor:
     """Markdown or LaTeX spelling of the symbols and text pieces of tables and captions."""
 

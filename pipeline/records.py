@@ -49,7 +49,7 @@ RUN_COLUMNS = [
     "comparable_to_papers", "papers_note", "point", "nfe_expected", "seed", "seeds", "batch_size",
     "peak_mem_bytes", "device", "torch", "torch_fidelity", "feature_extractor", "ref_n",
     "ref_stats_id", "ref_content_sha256", "features_weights_sha256", "checkpoint_sha256",
-    "model_kind", "model_pretrained", "preset",
+    "model_kind", "model_pretrained", "model_train_steps", "model_shipped_from", "preset",
     "interval_level", "interval_blocks", "interval_method", "interval_note",
     "fid_replicates", "kid_replicates",
 ]
@@ -79,7 +79,8 @@ FID_INTERVAL_FIELDS = {
     "interval_blocks": "int", "interval_level": "number", "interval_method": "str", "interval_note": "str",
     "features_weights_sha256": "str", "weights_sha256": "str", "ref_content_sha256": "str",
 }
-SAMPLE_MODEL_FIELDS = {"model_pretrained": "str", "model_kind": "str"}
+SAMPLE_MODEL_FIELDS = {"model_pretrained": "str", "model_kind": "str", "model_train_steps": "int",
+                       "model_shipped_from": "str"}
 
 
 def _is_number(v) -> bool:
@@ -194,7 +195,8 @@ def _row(s: dict, f: dict, preset: str) -> dict:
         "ref_n": f.get("ref_n"), "ref_stats_id": f.get("ref_stats_id"),
         "ref_content_sha256": f.get("ref_content_sha256"), "features_weights_sha256": weights,
         "checkpoint_sha256": s.get("checkpoint_sha256"), "model_kind": s.get("model_kind"),
-        "model_pretrained": s.get("model_pretrained"), "preset": preset,
+        "model_pretrained": s.get("model_pretrained"), "model_train_steps": s.get("model_train_steps"),
+        "model_shipped_from": s.get("model_shipped_from"), "preset": preset,
     }
 
 

@@ -145,7 +145,8 @@ def _load_checkpoint(model_path, device: str, diffusion: DiffusionConfig, shape:
     # model_pretrained / model_train_steps: what the claims' comparability check and the tables read
     # (an imported checkpoint's hub id or folder; a trained one's optimiser steps).
     return eps_fn, {"checkpoint_sha256": files.sha256_file(path), "model": str(path), "model_kind": sidecar.get("kind"),
-                    "model_pretrained": sidecar.get("pretrained"), "model_train_steps": sidecar.get("step")}
+                    "model_pretrained": sidecar.get("pretrained"), "model_train_steps": sidecar.get("step"),
+                    "model_shipped_from": sidecar.get("shipped_from")}  # model.checkpoint: the shipped file
 
 
 # ---------------------------------------------------------------------------- measuring

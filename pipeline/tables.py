@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional
 import pandas as pd
 
 from pipeline import papers
-from pipeline.labels import PNDM_ROWS, SIGMA_HAT, Flavor, SeriesKey, devices_text, n_text, seeds_text, series_key
+from pipeline.labels import PNDM_ROWS, SIGMA_HAT, Flavor, SeriesKey, devices_text, models_text, n_text, seeds_text, series_key
 from pipeline.records import published_runs, series_curves
 
 TABLE1_ETAS = (0.0, 0.2, 0.5, 1.0)  # DDIM Table 1's eta rows (a row needs our or the paper's numbers)
@@ -245,7 +245,8 @@ def _table_text(t: Layout, preset: str, fl: Flavor) -> tuple[str, str, list[str]
     else:
         what = f"FID (lower is better) with {fl.code(t.features)} features"
     cap = [f"{fl.esc(what)}, {n_text(g['n_images'])}, "
-           f"{fl.esc(seeds_text(g))}; ddbench preset {fl.code(preset)}; device: {fl.esc(devices_text(g))}.",
+           f"{fl.esc(seeds_text(g))}; model: {fl.esc(models_text(g))}; ddbench preset {fl.code(preset)}; "
+           f"device: {fl.esc(devices_text(g))}.",
            f"{fl.esc(_interval_text(g))}."]
     if t.kind == "ddim_table1":
         cap.append(f"Rows: DDIM with {fl.eta} ({fl.esc(cite.short)}, Eq. 16; sampler {fl.code('ddim')}) and "

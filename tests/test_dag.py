@@ -76,3 +76,21 @@ def test_dvc_yaml_deps_are_the_derived_modules(repo_root):
     for name, st in stages.items():
         stage = max((s for s in dag.STAGE_ENTRY if name == s or name.startswith(s + "-")), key=len)
         assert [d for d in st["deps"] if d.startswith("pipeline/")] == dag.stage_modules(stage), name
+
+
+def test_a_data_of_entry_reuses_its_base_data_classifier_and_statistics_and_has_its_own_model_and_runs(repo_root):
+    from pipeline import config
+
+    cfg = config.load(repo_root / "params.yaml")
+    assert cfg.runs["mnist-cpu"].dataset.data_of == "mnist-embedded"
+    jobs = {j.name: j for j in dag.jobs(cfg)}
+    made = {o for j in jobs.values() for o in j.outs}
+    assert not any("mnist-cpu" in name for name in jobs if name.startswith(("prepare-data", "train-classifier", "ref-stats")))
+    assert not any("/data/mnist-cpu" in o or "/stats/mnist-cpu" in o or "mnist-cpu/classifier" in o for o in made)
+    train, sample, fid = jobs["train-mnist-cpu"], jobs["sample-mnist-cpu"], jobs["fid-mnist-cpu-classifier"]
+    assert "--data build/embedded/data/mnist-embedded --out build/embedded/models/mnist-cpu" in train.cmd
+    assert "--data build/embedded/data/mnist-embedded --model build/embedded/models/mnist-cpu/unet.safetensors" in sample.cmd
+    assert "--out build/embedded/runs/mnist-cpu" in sample.cmd
+    assert "--stats build/embedded/stats/mnist-embedded/classifier.npz" in fid.cmd
+    assert "--classifier build/embedded/models/mnist-embedded/classifier.safetensors" in fid.cmd
+    assert set(train.deps + sample.deps + fid.deps) - made == set()  # every input is some job's output

@@ -157,3 +157,41 @@ def test_curves_draw_each_interval_as_an_error_bar(tmp_path, capsys):
             row = with_interval[(with_interval.steps == xi) & (with_interval.fid == yi)].iloc[0]
             assert (yi - b, yi + a) == pytest.approx((row.fid_lo, row.fid_hi))
     assert "3 point(s) without an interval" in capsys.readouterr().err
+
+
+def snapshot_frame() -> pd.DataFrame:
+    """Three models of one data set (data_of: same reference statistics) at 500, 2000 and 6000 training
+    steps, with a fourth run at another N and a point measured on one model only."""
+    rows = []
+    for dataset, steps_trained in (("mnist-step-500", 500), ("mnist-step-2000", 2000), ("mnist", 6000)):
+        for sampler, eta in SETTINGS:
+            rows.append({"dataset": dataset, "features": "classifier", "point": GridPoint(sampler, 10, "uniform", eta).name,
+                         "sampler": sampler, "eta": eta, "spacing": "uniform", "steps": 10, "nfe": 10,
+                         "fid": 5.0 + 2000.0 / steps_trained * (2 - (eta or 0)), "wall_s": 1.0, "n_images": 500,
+                         "seed": 0, "device_name": "CPU (test)", "interval_level": 0.95,
+                         "model_train_steps": steps_trained, "ref_stats_id": "abc"})
+    rows.append({**rows[0], "dataset": "mnist", "n_images": 1000, "model_train_steps": 6000})  # other N: own group
+    rows.append({**rows[0], "dataset": "mnist", "point": "ddim-s100-uniform-eta0", "steps": 100})  # one model only
+    frame = pd.DataFrame(rows)
+    frame["fid_lo"], frame["fid_hi"] = 0.9 * frame["fid"], 1.1 * frame["fid"]
+    return frame
+
+
+def test_models_of_one_data_set_get_an_fid_vs_training_figure_over_comparable_points_only(tmp_path):
+    frame = snapshot_frame()
+    groups = figures.model_quality_groups(frame)
+    assert len(groups) == 1  # the N = 1000 run has no second model at its N
+    name, g = groups[0]
+    assert name == "mnist-step-500"
+    assert sorted(g["model_train_steps"].unique()) == [500, 2000, 6000]
+    assert set(g["n_images"]) == {500} and "ddim-s100-uniform-eta0" not in set(g["point"])
+    frame.to_csv(tmp_path / "runs.csv", index=False)
+    written = figures.run(tmp_path / "runs.csv", {}, tmp_path / "figures")
+    assert {"fid_vs_training-mnist-step-500-classifier.png", "fid_vs_training-mnist-step-500-classifier.pdf"} <= {
+        p.name for p in written}
+
+
+def test_runs_of_one_model_or_without_training_steps_get_no_fid_vs_training_figure():
+    assert figures.model_quality_groups(runs_frame()) == []  # no model_train_steps column
+    frame = snapshot_frame()
+    assert figures.model_quality_groups(frame[frame["dataset"] == "mnist"]) == []

@@ -16,7 +16,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-COPY = ["pipeline", "Snakefile", "presets", "profiles", "report", "pyproject.toml"]
+COPY = ["pipeline", "Snakefile", "presets", "profiles", "report", "pyproject.toml",
+        "models/mnist-cpu/unet.safetensors", "models/mnist-cpu/unet.json"]  # the shipped model mnist-cpu samples
 
 
 def tiny_params(job_per: str | None = None) -> dict:
@@ -33,6 +34,7 @@ def tiny_params(job_per: str | None = None) -> dict:
     p["fid"].update(batch_size=16)
     p["overrides"]["gaussian"]["sample"].update(n_images=200, batch_size=200)
     p["overrides"]["gaussian"].pop("grid", None)
+    p["overrides"]["mnist-embedded"].pop("grid", None)  # every data set on the tiny grid below
     p["datasets"]["mnist-gmm"].update(components=3, rank=8, n=100)
     p["overrides"]["mnist-gmm"] = {"sample": {"n_images": 20, "batch_size": 20, "path_n": 10}}
     p["grid"] = {
@@ -58,6 +60,7 @@ def make_project(root: Path, job_per: str | None = None) -> Path:
         if src.is_dir():
             shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(job_per), sort_keys=False))
     (root / ".gitignore").write_text("/build/\n/logs/\n/.snakemake/\n__pycache__/\n")
