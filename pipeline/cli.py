@@ -168,10 +168,16 @@ def cmd_aggregate(cfg: Config, a) -> None:
 
     sample_recs, fid_recs = _records(cfg)
     missing = [str(p) for p in sample_recs + fid_recs if not p.exists()]
-    if missing:
-        raise ConfigError(f"aggregate: {len(missing)} run record(s) missing, e.g. {missing[0]}; run the sample/fid stages first")
+    unfinished = []
+    if missing and a.partial:  # a long run in progress: the points whose records are all there
+        unfinished = sorted({str(Path(p).parent) for p in missing})
+        sample_recs = [p for p in sample_recs if str(p.parent) not in unfinished]
+        fid_recs = [p for p in fid_recs if str(p.parent) not in unfinished]
+    elif missing:
+        raise ConfigError(f"aggregate: {len(missing)} run record(s) missing, e.g. {missing[0]}; run the sample/fid "
+                          f"stages first (or pass --partial to aggregate the finished points of a run in progress)")
     out = Path(a.out)
-    frame = aggregate.run(sample_recs, fid_recs, out / "tables", preset=cfg.preset)
+    frame = aggregate.run(sample_recs, fid_recs, out / "tables", preset=cfg.preset, unfinished=unfinished)
     # Every record, verbatim, in one git-tracked file: the provenance of each number.
     lines = [json.dumps({"kind": "sample", **files.read_json(p)}, sort_keys=True) for p in sample_recs]
     lines += [json.dumps({"kind": "fid", **files.read_json(p)}, sort_keys=True) for p in fid_recs]
@@ -190,7 +196,9 @@ def cmd_figures(cfg: Config, a) -> None:
         if run.dataset.is_gaussian:
             continue
         for p in run.points:
-            mosaic[(ds, p.name)] = Path(P["samples"].format(dataset=ds, point=p.name))
+            path = Path(P["samples"].format(dataset=ds, point=p.name))
+            if path.exists() or not a.partial:
+                mosaic[(ds, p.name)] = path
         sps = {p.spacing for p in run.points}
         if run.dataset.source == "gmm" and len(sps) == 1:  # the exact endpoints of the same seeds, on top
             sp = sps.pop()
@@ -291,8 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--classifier")
     s = stage("aggregate", "Run records -> runs.csv, paper-layout tables (Markdown, LaTeX), claims, metrics.json.")
     s.add_argument("--out", required=True, help="results folder, e.g. results/embedded")
-    s = stage("figures", "Seaborn figures (FID vs steps / NFE / wall-clock) and sample mosaics, PNG + PDF.")
+    s.add_argument("--partial", action="store_true",
+                   help="aggregate the grid points whose records are all there and list the others as unfinished "
+                        "in summary.md (a long run in progress); without it a missing record is an error")
+    s = stage("figures", "Seaborn figures (FID vs steps / NFE / wall-clock / training steps) and sample mosaics, PNG + PDF.")
     s.add_argument("--out", required=True)
+    s.add_argument("--partial", action="store_true", help="mosaics of the points sampled so far (after aggregate --partial)")
 
     s = sub.add_parser("validate", help="Validate the configuration and print the grid.")
     s.add_argument("--points", action="store_true", help="list every grid point")

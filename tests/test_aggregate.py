@@ -98,3 +98,25 @@ def test_metrics_compare_fids_only_at_equal_n(result):
     best = aggregate.headline_metrics(frame)["cifar10"]["inception"]["ddim η=0"]
     assert best["steps"] == 250 and best["n_images"] == N
     assert best["best_fid"] == pytest.approx(HOLDS[("ddim", 0.0)](250))
+
+
+def test_a_partial_aggregate_says_which_points_are_unfinished(tmp_path):
+    recs = write_all(tmp_path / "runs")
+    out = tmp_path / "results" / "tables"
+    unfinished = ["build/cpu/runs/mnist/ddim-s100-uniform-eta0", "build/cpu/runs/mnist/f-pndm-s50-uniform"]
+    aggregate.run([r[0] for r in recs], [r[1] for r in recs], out, preset="test", unfinished=unfinished)
+    text = (out / "summary.md").read_text()
+    assert "**Partial results** (`aggregate --partial`): 2 grid point(s)" in text
+    assert "`build/cpu/runs/mnist/ddim-s100-uniform-eta0`, `build/cpu/runs/mnist/f-pndm-s50-uniform`" in text
+
+
+def test_the_aggregate_stage_refuses_missing_records_unless_partial(tmp_path, repo_root):
+    import subprocess
+    import sys
+
+    empty = [f"--set=run.build_dir={tmp_path / 'build'}", f"--set=run.results_dir={tmp_path / 'results'}"]
+    r = subprocess.run([sys.executable, "-m", "pipeline", *empty, "aggregate", "--out", str(tmp_path / "res")],
+                       cwd=repo_root, capture_output=True, text=True,
+                       env={**__import__("os").environ, "DDBENCH_QUIET": "1"})
+    assert r.returncode != 0
+    assert "run record(s) missing" in r.stderr and "--partial" in r.stderr

@@ -147,9 +147,17 @@ def test_a_code_edit_reruns_exactly_the_stages_that_run_that_code_in_both_engine
 
 def test_snakemake_runs_the_tiny_pipeline_end_to_end(built):
     runs = pd.read_csv(built / "results/embedded/tables/runs.csv")
-    assert set(runs["dataset"]) == {"mnist-embedded", "gaussian", "mnist-gmm"}
+    assert set(runs["dataset"]) == {"mnist-embedded", "mnist-cpu", "gaussian", "mnist-gmm"}
     # 6 grid points per data set: one feature space each, the mixture two (classifier and exact)
-    assert len(runs) == 6 + 6 + 2 * 6
+    assert len(runs) == 6 + 6 + 6 + 2 * 6
+    # the shipped model (data_of: mnist-embedded) is named as such, on the same reference statistics
+    cpu, own = runs[runs.dataset == "mnist-cpu"], runs[runs.dataset == "mnist-embedded"]
+    assert set(cpu.model_shipped_from) == {"models/mnist-cpu/unet.safetensors"} and set(cpu.model_train_steps) == {6000}
+    assert own.model_shipped_from.isna().all() and set(own.model_train_steps) == {8}
+    assert set(cpu.ref_stats_id) == set(own.ref_stats_id)
+    table = (built / "results/embedded/tables/ddim_table1-mnist-cpu-classifier-uniform.md").read_text()
+    assert "model: U-Net, 6,000 training steps (shipped checkpoint models/mnist-cpu/unet.safetensors)" in table
+    assert (built / "results/embedded/figures/fid_vs_training-mnist-embedded-classifier.png").exists()
     gm = runs[(runs.dataset == "mnist-gmm") & (runs.features == "exact")]
     deterministic = gm.sampler.isin(["s-pndm", "f-pndm"]) | ((gm.sampler == "ddim") & (gm.eta == 0))
     assert gm.loc[deterministic, "path_rms"].notna().all() and gm.loc[~deterministic, "path_rms"].isna().all()
