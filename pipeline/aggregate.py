@@ -31,7 +31,7 @@ import pandas as pd
 from pipeline import claims, labels, papers, tables
 from pipeline.files import atomic_path, write_text
 from pipeline.labels import series_label
-from pipeline.records import table_groups, tidy
+from pipeline.records import model_quality_groups, table_groups, tidy
 
 
 # --- summary and metrics --------------------------------------------------------------------
@@ -124,6 +124,10 @@ def run(sample_records: list[Path], fid_records: list[Path], out_dir: Path, *, p
                 path = out_dir / f"{t.stem}{suffix}"
                 write_text(path, render(t, preset))
                 written.append(path)
+    for dataset, g in model_quality_groups(frame):  # several models of one data set: the model-quality axis
+        path = out_dir / f"fid_vs_training-{dataset}-{g['features'].iloc[0]}.md"
+        write_text(path, tables.render_training_markdown(g, preset))
+        written.append(path)
     checked = claims.evaluate_claims(frame)
     for name, text in (("claims.md", claims.render_markdown(checked, frame, preset)),
                        ("claims.tex", claims.render_latex(checked, frame, preset))):

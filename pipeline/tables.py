@@ -314,3 +314,61 @@ def render_latex(t: Layout, preset: str) -> str:
         caption=f"{title}. {caption} " + " ".join(notes),
         label=f"tab:{t.stem}",
     )
+
+
+# ---------------------------------------------------------------------------- the model-quality axis
+
+TRAINING_VERDICTS = {
+    "improving": "still improving",  # the last model's FID is lower, beyond the paired interval
+    "flat": "not separable",  # the paired interval contains 0: no change the data can see
+    "worse": "worse",  # the last model's FID is higher, beyond the interval
+}
+
+
+def training_table(g: pd.DataFrame) -> pd.DataFrame:
+    """One model_quality_groups group as a table: a row per grid point (sampler setting, steps), a column
+    per model (its training steps) with FID [interval], and the change from the second-last to the last
+    model, paired over the same seeds (delete-a-block jackknife, `intervals.paired_difference`), read as
+    TRAINING_VERDICTS: issue 12's stopping rule ("until the best sampler stops improving beyond its
+    interval between checkpoints") made explicit for every sampler."""
+    from pipeline import intervals
+    from pipeline.labels import options_text, series_label, series_sort_key
+    from pipeline.records import parse_replicates
+
+    steps_trained = sorted(int(s) for s in g["model_train_steps"].unique())
+    rows = []
+    opts = g["options"] if "options" in g else pd.Series([None] * len(g), index=g.index)
+    for (sampler, eta, opt, steps), p in g.assign(options=opts.fillna("")).groupby(
+            ["sampler", "eta", "options", "steps"], dropna=False, sort=False):
+        by = {int(r.model_train_steps): r for r in p.itertuples()}
+        row = {"sampler setting": series_label(sampler, eta, opt or None), "steps S": int(steps),
+               "_order": (int(steps), series_sort_key(series_key(sampler, eta, opt or None)))}
+        for k in steps_trained:
+            r = by.get(k)
+            row[f"{k:,} steps"] = "–" if r is None else fid_text(
+                Fid(r.fid, r.fid_lo, r.fid_hi, None), Flavor(tex=False))
+        last, prev = steps_trained[-1], steps_trained[-2]
+        a, b = by.get(last), by.get(prev)
+        ra = parse_replicates(a.fid_replicates) if a is not None else None
+        rb = parse_replicates(b.fid_replicates) if b is not None else None
+        if ra is None or rb is None or ra.shape != rb.shape:
+            row[f"Δ {prev:,} → {last:,}"], row["verdict"] = "–", "no paired interval"
+        else:
+            d, lo, hi, _ = intervals.paired_difference(a.fid, ra, b.fid, rb)
+            row[f"Δ {prev:,} → {last:,}"] = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            row["verdict"] = TRAINING_VERDICTS["improving" if hi < 0 else "worse" if lo > 0 else "flat"]
+        rows.append(row)
+    return pd.DataFrame(sorted(rows, key=lambda r: r["_order"])).drop(columns="_order")
+
+
+def render_training_markdown(g: pd.DataFrame, preset: str) -> str:
+    table = training_table(g)
+    datasets = ", ".join(f"`{d}`" for d in dict.fromkeys(g["dataset"].astype(str)))
+    return "\n".join([
+        f"### FID vs training of the model: {datasets}, `{g['features'].iloc[0]}` features", "",
+        f"FID (lower is better) of the same grid points on models of one data set at several training steps "
+        f"(same reference statistics, feature space and seeds), {n_text(g['n_images'])}, {seeds_text(g)}; "
+        f"model: {models_text(g)}; ddbench preset `{preset}`; device: {devices_text(g)}. "
+        f"{_interval_text(g)}. The last columns: the change from the second-last to the last model, paired "
+        f"over the same seeds, with its interval; \"not separable\" means the interval contains 0.", "",
+        table.to_markdown(index=False, tablefmt="pipe", disable_numparse=True), ""])

@@ -147,3 +147,32 @@ def test_latex_tables_use_booktabs_and_caption_n_and_features(groups):
     tex = rendered(groups, "ddim_table1", "cifar10", "inception", ".tex")
     assert r"\texttt{inception} features" in tex and "N = 64" in tex and r"$\hat{\sigma}$" in tex
     assert "published (context)" in tex and r"95\% interval" in tex
+
+
+def test_the_training_table_reads_the_change_between_the_last_two_models_from_paired_replicates():
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from pipeline import records, tables
+
+    rows = []
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.05, 10)  # the same seeds: the noise is shared by all models, so it cancels in pairs
+    for k, (trained, fids) in enumerate([(2000, (8.0, 6.0, 9.0)), (4000, (6.0, 6.02, 7.0)), (6000, (4.0, 6.01, 8.0))]):
+        for (sampler, eta), fid in zip([("ddim", 0.0), ("ddim", 1.0), ("f-pndm", None)], fids):
+            rows.append({"dataset": f"m{k}", "features": "classifier", "point": f"{sampler}-{eta}", "sampler": sampler,
+                         "eta": eta, "steps": 10, "fid": fid, "fid_lo": fid - 1, "fid_hi": fid + 1,
+                         # ddim η=1: noise of its own per model, so the 0.01 change is within the interval
+                         "fid_replicates": json.dumps(list(fid + (rng.normal(0, 0.05, 10) if eta == 1.0 else noise))),
+                         "n_images": 500, "seeds": "0..499",
+                         "ref_stats_id": "r", "model_train_steps": trained, "device_name": "cpu",
+                         "interval_level": 0.95, "model_kind": "ddbench-unet"})
+    (_, g), = records.model_quality_groups(pd.DataFrame(rows))
+    t = tables.training_table(g).set_index("sampler setting")
+    assert list(t.columns) == ["steps S", "2,000 steps", "4,000 steps", "6,000 steps", "Δ 4,000 → 6,000", "verdict"]
+    assert t.loc["ddim η=0", "verdict"] == "still improving" and t.loc["ddim η=0", "Δ 4,000 → 6,000"].startswith("-2.00")
+    assert t.loc["ddim η=1", "verdict"] == "not separable"
+    assert t.loc["f-pndm", "verdict"] == "worse"
+    assert t.loc["ddim η=0", "2,000 steps"] == "8.00 [7.00, 9.00]"
