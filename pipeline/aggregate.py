@@ -10,10 +10,14 @@ one folder (`results/<preset>/tables`):
   ours where they are comparable by provenance, else as context (pipeline.tables). For a data
   set with an exact score also `<layout>-<D>-path-rms-<spacing>`: each deterministic
   sampler's pathwise RMS error against the exact probability-flow endpoint (pipeline.exact_map).
+- `fid_vs_training-<D>-<F>.md`: where several models share a data set (`data_of`) at equal
+  reference, feature space and N, FID per model's training steps for each common grid point,
+  with the paired change between the last two models (the model-quality axis; pipeline.tables).
 - `claims.{md,csv,tex}`: each speed-quality claim of the papers with a verdict on our
   numbers decided by paired intervals, as the paper compares and at equal NFE
   (pipeline.claims; method in docs/claims.md).
-- `summary.md`: provenance (preset, device, torch, N, seeds) and an index of the files.
+- `summary.md`: provenance (preset, model, device, torch, N, seeds) and an index of the files;
+  after `aggregate --partial`, the grid points without records yet.
 
 `headline_metrics(frame)` is the content of `metrics.json` (`dvc metrics show/diff`): per
 data set, feature space and sampler setting, the best FID (among its points at equal N) and
