@@ -301,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="results folder, e.g. results/embedded")
     s.add_argument("--partial", action="store_true",
                    help="aggregate the grid points whose records are all there and list the others as unfinished "
-                        "in summary.md (a long run in progress); without it a missing record is an error")
+                        "in summary.md (a long run in progress); without it a missing record is an error. Its "
+                        "outputs look up to date to Snakemake: finish the run with `snakemake --cores all "
+                        "--forcerun aggregate figures`")
     s = stage("figures", "Seaborn figures (FID vs steps / NFE / wall-clock / training steps) and sample mosaics, PNG + PDF.")
     s.add_argument("--out", required=True)
     s.add_argument("--partial", action="store_true", help="mosaics of the points sampled so far (after aggregate --partial)")
