@@ -101,19 +101,17 @@ def devices_text(g: pd.DataFrame) -> str:
     return "; ".join(sorted(set(g["device_name"].astype(str))))
 
 
-def model_text(row) -> str:
-    """Which model made a run: the exact score, an imported one, or a U-Net with its training steps
-    and, for a shipped one (model.checkpoint), the file it came from: no table mixes them up unsaid."""
-    get = lambda k: row.get(k) if isinstance(row, dict) else getattr(row, k, None)  # noqa: E731
-    present = lambda v: v is not None and not (isinstance(v, float) and v != v)  # noqa: E731
-    if get("model_kind") == "exact":
+def model_text(row: dict) -> str:
+    """Which model made a run (a runs-frame row as a dict): the exact score, an imported one, or a U-Net
+    with its training steps and, for a shipped one (model.checkpoint), the file it came from: no table
+    mixes them up unsaid."""
+    present = lambda k: k in row and not pd.isna(row[k])  # noqa: E731  (NaN where a record lacks the field)
+    if row.get("model_kind") == "exact":
         return "exact score (no network)"
-    if present(get("model_pretrained")):
-        return f"imported {get('model_pretrained')}"
-    steps = get("model_train_steps")
-    text = f"U-Net, {int(steps):,} training steps" if present(steps) else "U-Net"
-    shipped = get("model_shipped_from")
-    return text + (f" (shipped checkpoint {shipped})" if present(shipped) else "")
+    if present("model_pretrained"):
+        return f"imported {row['model_pretrained']}"
+    text = f"U-Net, {int(row['model_train_steps']):,} training steps" if present("model_train_steps") else "U-Net"
+    return text + (f" (shipped checkpoint {row['model_shipped_from']})" if present("model_shipped_from") else "")
 
 
 def models_text(g: pd.DataFrame) -> str:

@@ -289,13 +289,14 @@ def series_curves(g: pd.DataFrame) -> dict[SeriesKey, pd.DataFrame]:
 def model_quality_groups(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """The runs that put several models of one data set side by side (entries with `data_of`, e.g. the
     cpu preset's training snapshots): rows of trained U-Nets grouped by reference statistics, feature
-    space and N -- so every FID in a group is comparable -- with at least two training steps, keeping
-    the grid points measured on at least two of the models. Named by the first data set's name."""
+    space, N and seeds -- so every FID in a group is comparable, and pairs over the same seeds -- with at
+    least two training steps, keeping the grid points measured on at least two of the models. Named by
+    the first data set's name."""
     if "model_train_steps" not in frame:
         return []
     d = frame.dropna(subset=["model_train_steps", "fid"])
     groups = []
-    for _, g in d.groupby(["features", "ref_stats_id", "n_images"], sort=False):
+    for _, g in d.groupby(["features", "ref_stats_id", "n_images", "seeds"], sort=False):
         if g["model_train_steps"].nunique() < 2:
             continue
         g = g[g.groupby("point")["model_train_steps"].transform("nunique") >= 2]

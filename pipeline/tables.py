@@ -27,9 +27,10 @@ from typing import NamedTuple, Optional
 
 import pandas as pd
 
-from pipeline import papers
-from pipeline.labels import PNDM_ROWS, SIGMA_HAT, Flavor, SeriesKey, devices_text, models_text, n_text, seeds_text, series_key
-from pipeline.records import published_runs, series_curves
+from pipeline import intervals, papers
+from pipeline.labels import (PNDM_ROWS, SIGMA_HAT, Flavor, SeriesKey, devices_text, models_text, n_text, seeds_text,
+                             series_key, series_label, series_sort_key)
+from pipeline.records import parse_replicates, published_runs, series_curves
 
 TABLE1_ETAS = (0.0, 0.2, 0.5, 1.0)  # DDIM Table 1's eta rows (a row needs our or the paper's numbers)
 PATH_RMS = "path-rms"  # the pseudo feature space of the pathwise-error tables (data sets with an exact score)
@@ -331,10 +332,6 @@ def training_table(g: pd.DataFrame) -> pd.DataFrame:
     model, paired over the same seeds (delete-a-block jackknife, `intervals.paired_difference`), read as
     TRAINING_VERDICTS: issue 12's stopping rule ("until the best sampler stops improving beyond its
     interval between checkpoints") made explicit for every sampler."""
-    from pipeline import intervals
-    from pipeline.labels import options_text, series_label, series_sort_key
-    from pipeline.records import parse_replicates
-
     steps_trained = sorted(int(s) for s in g["model_train_steps"].unique())
     rows = []
     opts = g["options"] if "options" in g else pd.Series([None] * len(g), index=g.index)

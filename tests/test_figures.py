@@ -161,7 +161,7 @@ def test_curves_draw_each_interval_as_an_error_bar(tmp_path, capsys):
 
 def snapshot_frame() -> pd.DataFrame:
     """Three models of one data set (data_of: same reference statistics) at 500, 2000 and 6000 training
-    steps, with a fourth run at another N and a point measured on one model only."""
+    steps, with runs at another N and on other seeds, and a point measured on one model only."""
     rows = []
     for dataset, steps_trained in (("mnist-step-500", 500), ("mnist-step-2000", 2000), ("mnist", 6000)):
         for sampler, eta in SETTINGS:
@@ -169,8 +169,9 @@ def snapshot_frame() -> pd.DataFrame:
                          "sampler": sampler, "eta": eta, "spacing": "uniform", "steps": 10, "nfe": 10,
                          "fid": 5.0 + 2000.0 / steps_trained * (2 - (eta or 0)), "wall_s": 1.0, "n_images": 500,
                          "seed": 0, "device_name": "CPU (test)", "interval_level": 0.95,
-                         "model_train_steps": steps_trained, "ref_stats_id": "abc"})
+                         "model_train_steps": steps_trained, "ref_stats_id": "abc", "seeds": "0..499"})
     rows.append({**rows[0], "dataset": "mnist", "n_images": 1000, "model_train_steps": 6000})  # other N: own group
+    rows.append({**rows[0], "dataset": "mnist", "seeds": "500..999", "model_train_steps": 6000})  # other seeds: own group
     rows.append({**rows[0], "dataset": "mnist", "point": "ddim-s100-uniform-eta0", "steps": 100})  # one model only
     frame = pd.DataFrame(rows)
     frame["fid_lo"], frame["fid_hi"] = 0.9 * frame["fid"], 1.1 * frame["fid"]
@@ -185,6 +186,7 @@ def test_models_of_one_data_set_get_an_fid_vs_training_figure_over_comparable_po
     assert name == "mnist-step-500"
     assert sorted(g["model_train_steps"].unique()) == [500, 2000, 6000]
     assert set(g["n_images"]) == {500} and "ddim-s100-uniform-eta0" not in set(g["point"])
+    assert set(g["seeds"]) == {"0..499"}  # pairs only over the same seeds
     frame.to_csv(tmp_path / "runs.csv", index=False)
     written = figures.run(tmp_path / "runs.csv", {}, tmp_path / "figures")
     assert {"fid_vs_training-mnist-step-500-classifier.png", "fid_vs_training-mnist-step-500-classifier.pdf"} <= {
