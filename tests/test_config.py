@@ -599,6 +599,22 @@ def test_every_point_name_of_every_preset_reads_back_and_fits_the_snakefile(repo
                 assert re.fullmatch(constraint, p.name), (preset, p.name)
 
 
+def test_every_checkpoint_a_preset_samples_is_in_git(repo_root):
+    """A fresh clone has no DVC remote to pull from: a model.checkpoint that only DVC tracks exists on
+    the machine that trained it and nowhere else, and the preset then fails before it starts."""
+    tracked = set(subprocess.run(["git", "ls-files", "models"], cwd=repo_root, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    for preset in ("embedded", "cpu", "gpu", "paper"):
+        merged, _ = config.resolve_dict(repo_root / "params.yaml", preset=preset)
+        allow_download(merged)
+        merged["fid"]["inception_weights"] = None
+        for name, run in config.from_dict(merged, base_dir=repo_root).runs.items():
+            ckpt = run.model.checkpoint
+            if ckpt:
+                sidecar = str(Path(ckpt).with_name("unet.json"))
+                assert {ckpt, sidecar} <= tracked, (preset, name, ckpt)
+
+
 # ---------------------------------------------------------------------------- data_of: another model, same data
 
 
