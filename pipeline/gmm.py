@@ -406,17 +406,14 @@ def sample(mix: Mixture, n: int, seed: int = 0, *, return_components: bool = Fal
 
 def _terms(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Tensor] = None):
     """x [B, d] (any float dtype), a float64 [B] or [1] (one level for all) -> (logits float64 [B, K]:
-    log w_k + log N_k up to the terms every k shares; q = s_k^-1 w_k float64 [B, K, r]; e [B, d] in
-    p's dtype; rho float64 [B] or [1]). `logdet` [B or 1, K]: sum_j log s_kj if the caller has it."""
+    log w_k + log N_k up to the terms every k shares; q = s_k^-1 w_k float64 [B, K, r]; y = x - sqrt(a)
+    mean and z = P^T y [B, r], both in p's dtype; rho float64 [B] or [1]). `logdet` [B or 1, K]:
+    sum_j log s_kj if the caller has it."""
     dt = p["dtype"]
     x = x.to(dt)
     sa = a.sqrt()
     y = x - sa.to(dt)[:, None] * p["mean"]
-    if p["P"] is None:  # P = I (e.g. the subspace ODE of `ode_endpoint`): no complement
-        z, e = y, torch.zeros_like(y[:, :0])
-    else:
-        z = y @ p["P"]
-        e = y - z @ p["P"].T  # residual outside span(P); computed, not |y|^2 - |z|^2, to avoid cancellation
+    z = y if p["P"] is None else y @ p["P"]  # P = I (e.g. the subspace ODE of `ode_endpoint`): no complement
     B, K = x.shape[0], p["nu"].shape[0]
     w = (z @ p["vcat"]).reshape(B, K, -1) - sa.to(dt)[:, None, None] * p["nu"]  # V_k^T (z - sqrt(a) mu_k)
     s = a[:, None, None] * p["lam"] + (1 - a)[:, None, None]  # a lam_k + 1 - a
@@ -426,19 +423,24 @@ def _terms(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Ten
     q = w64 / s
     logits = p["logw"] - 0.5 * ((w64 * q).sum(-1) + logdet)
     rho = a * p["sigma2"] + (1 - a)
-    return logits, q, e, rho
+    return logits, q, y, z, rho
 
 
 def _eps(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """eps*(x, a) for x [B, d], a float64 [B] or [1]: products in p's dtype, responsibilities in float64."""
+    """eps*(x, a) for x [B, d], a float64 [B] or [1]: products in p's dtype, responsibilities in float64.
+
+    With e = y - P z the part of y outside span(P), eps / sqrt(1 - a) = P g + e / rho
+    = y / rho + P (g - z / rho): one [B, r] x [r, d] product instead of two (the sampling cost)."""
     dt = p["dtype"]
-    logits, q, e, rho = _terms(p, x, a, logdet)
+    logits, q, y, z, rho = _terms(p, x, a, logdet)
     gamma = torch.softmax(logits, dim=-1)  # log-sum-exp normalisation in float64
     u = (gamma[:, :, None] * q).to(dt)  # gamma_k s_k^-1 w_k
     g = u.reshape(u.shape[0], -1) @ p["vcat"].T  # sum_k gamma_k V_k s_k^-1 w_k  [B, r]
+    c = (1 - a).sqrt().to(dt)[:, None]
     if p["P"] is None:
-        return (1 - a).sqrt().to(dt)[:, None] * g
-    return (1 - a).sqrt().to(dt)[:, None] * (g @ p["P"].T + e / rho.to(dt)[:, None])
+        return c * g
+    inv_rho = (1 / rho).to(dt)[:, None]
+    return c * (y * inv_rho + (g - z * inv_rho) @ p["P"].T)
 
 
 def _flat(mix: Mixture, x, where: str) -> torch.Tensor:
@@ -471,7 +473,10 @@ def log_prob(mix: Mixture, x, a) -> torch.Tensor:
     """log p_t(x) in nats, float64 [B], where p_t is the law of sqrt(a) x_0 + sqrt(1 - a) eps."""
     xf = _flat(mix, x, "x").double()
     a = _alpha(a, xf.shape[0], xf.device)
-    logits, _, e, rho = _terms(mix._torch(xf.device, torch.float64), xf, a)
+    p = mix._torch(xf.device, torch.float64)
+    logits, _, y, z, rho = _terms(p, xf, a)
+    # the residual outside span(P), computed, not |y|^2 - |z|^2, to avoid cancellation
+    e = y[:, :0] if p["P"] is None else y - z @ p["P"].T
     shared = (e**2).sum(-1) / rho + (mix.d - mix.r) * rho.log() + mix.d * math.log(2 * math.pi)
     return torch.logsumexp(logits, dim=-1) - 0.5 * shared
 

@@ -25,10 +25,11 @@ def allow_download(merged: dict) -> None:
 
 
 def global_grid_params() -> dict:
-    """params.yaml with mnist-embedded on the global grid (its small grid override removed): the tests
-    of the grid machinery read the global grid through it, as before the shipped model got the layouts."""
+    """params.yaml with the two MNIST models on the global grid (their grid overrides removed): the
+    tests of the grid machinery read the global grid through them."""
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["overrides"]["mnist-embedded"].pop("grid")
+    for name in ("mnist-embedded", "mnist-cpu"):
+        p["overrides"][name].pop("grid")
     return p
 
 

@@ -240,6 +240,7 @@ def test_kid_replicates_are_the_unbiased_mmd_without_each_block_of_both_sets(mon
     assert theta == pytest.approx(mmd2_direct(x, y), rel=1e-12)
     assert reps == pytest.approx([mmd2_direct(x[ix != b], y[iy != b]) for b in range(5)], rel=1e-12)
     monkeypatch.setattr(intervals, "_CHUNK_ELEMENTS", 50)  # one row per chunk: the chunked sums agree
+    monkeypatch.setattr(intervals, "_REF_SUMS", {})  # (recomputed, not read from the memo)
     chunked = intervals.kid_replicates(torch.from_numpy(x), torch.from_numpy(y), 5)
     assert chunked[0] == pytest.approx(theta, rel=1e-12) and chunked[1] == pytest.approx(reps, rel=1e-12)
     # torch-fidelity's KID with subsets as large as both (equal) sets: every subset is a permutation
@@ -247,6 +248,28 @@ def test_kid_replicates_are_the_unbiased_mmd_without_each_block_of_both_sets(mon
                                 kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None,
                                 kid_kernel_poly_coef0=1, rng_seed=0, verbose=False)
     assert intervals.kid_replicates(x[:37], y, 1)[0] == pytest.approx(tf["kernel_inception_distance_mean"], rel=1e-9)
+
+
+def test_the_reference_sums_are_reused_only_for_the_same_reference_features(monkeypatch):
+    """Every grid point of a job is scored against one stored reference subset: its M^2 kernel sums
+    are computed once, keyed by content, so an edited or different reference is never served stale."""
+    monkeypatch.setattr(intervals, "_REF_SUMS", {})
+    rng = np.random.default_rng(8)
+    x1, x2, y = rng.standard_normal((40, 5)), rng.standard_normal((40, 5)) + 0.2, rng.standard_normal((30, 5))
+    calls = []
+    real = intervals._kernel_block_sums
+    monkeypatch.setattr(intervals, "_kernel_block_sums", lambda x, *a: calls.append(len(x)) or real(x, *a))
+    for x in (x1, x2):
+        theta, reps = intervals.kid_replicates(x, y, 5)
+        ix, iy = intervals.block_ids(40, 5), intervals.block_ids(30, 5)
+        assert theta == pytest.approx(mmd2_direct(x, y), rel=1e-12)
+        assert reps == pytest.approx([mmd2_direct(x[ix != b], y[iy != b]) for b in range(5)], rel=1e-12)
+    assert calls.count(30) == 1  # the reference's within-set sums once, the generated sets' every time
+    y[0] += 1.0  # the same array, edited in place: new sums
+    assert intervals.kid_replicates(x1, y, 5)[0] == pytest.approx(mmd2_direct(x1, y), rel=1e-12)
+    assert intervals.kid_replicates(x1, y, 4)[1] == pytest.approx(
+        [mmd2_direct(x1[intervals.block_ids(40, 4) != b], y[intervals.block_ids(30, 4) != b]) for b in range(4)],
+        rel=1e-12)  # another block count: other sums
 
 
 def test_cubic_kernel_expectation_is_isserlis():

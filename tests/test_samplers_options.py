@@ -133,7 +133,8 @@ def test_a_new_option_needs_only_its_function_and_registry_entry(damped, repo_ro
     import yaml
 
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params["overrides"]["mnist-embedded"].pop("grid")  # on the global grid, as every other data set here
+    for name in ("mnist-embedded", "mnist-cpu"):
+        params["overrides"][name].pop("grid")  # on the global grid, as every other data set here
     params["grid"]["pndm_table"].update(samplers=[damped], options={damped: {"damping": ["none", "half"]}})
     cfg = config.from_dict(copy.deepcopy(params), base_dir=repo_root)
     names = {p.name for p in cfg.runs["mnist-embedded"].points}

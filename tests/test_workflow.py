@@ -35,6 +35,7 @@ def tiny_params(job_per: str | None = None) -> dict:
     p["overrides"]["gaussian"]["sample"].update(n_images=200, batch_size=200)
     p["overrides"]["gaussian"].pop("grid", None)
     p["overrides"]["mnist-embedded"].pop("grid", None)  # every data set on the tiny grid below
+    p["overrides"]["mnist-cpu"].pop("grid", None)
     p["datasets"]["mnist-gmm"].update(components=3, rank=8, n=100)
     p["overrides"]["mnist-gmm"] = {"sample": {"n_images": 20, "batch_size": 20, "path_n": 10}}
     p["grid"] = {
