@@ -37,13 +37,15 @@ if workflow.is_main_process and not workflow.touch:
 CODE = {stage: dag.code_version(stage) for stage in dag.STAGE_ENTRY}
 
 
-def all_cores(wildcards):
-    """Every core for the heavy single jobs. `workflow.cores` is undefined (and raises) when no
-    --cores is given, as in `snakemake --unlock` or `snakemake --report`: one thread there."""
+def heavy_threads(wildcards):
+    """Threads of the train, train-classifier and exact-map jobs: run.heavy_threads, `all` = every
+    core of --cores. `workflow.cores` is undefined (and raises) when no --cores is given, as in
+    `snakemake --unlock` or `snakemake --report`: one thread there."""
     try:
-        return workflow.cores
+        cores = workflow.cores
     except WorkflowError:
         return 1
+    return cores if CFG.heavy_threads == "all" else min(CFG.heavy_threads, cores)
 
 
 def params_of(stage):
@@ -136,7 +138,8 @@ rule exact_map:
         code=CODE["exact-map"],
     log:
         P["logs"] + "/exact-map/{dataset}.log",
-    threads: all_cores
+    priority: 2  # it gates the exact data sets' sample and fid jobs, the longest chain of a CPU run
+    threads: heavy_threads  # run.heavy_threads (Snakemake sets OMP_NUM_THREADS)
     shell:
         PRE + " exact-map --dataset {wildcards.dataset} --data " + P["data"].replace("{dataset}", "{wildcards.dataset}")
         + " --out {output.endpoints} --log {log}"
@@ -157,7 +160,7 @@ rule train:
         data=data_path("data"),
     log:
         P["logs"] + "/train/{dataset}.log",
-    threads: all_cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
+    threads: heavy_threads  # run.heavy_threads (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
@@ -179,7 +182,7 @@ rule train_classifier:
         code=CODE["train-classifier"],
     log:
         P["logs"] + "/train-classifier/{dataset}.log",
-    threads: all_cores  # one heavy job at a time, all cores (Snakemake sets OMP_NUM_THREADS)
+    threads: heavy_threads  # run.heavy_threads (Snakemake sets OMP_NUM_THREADS)
     resources:
         gpu=1,
     shell:
@@ -283,6 +286,7 @@ else:
                 cmd=_job.cmd.rsplit(" --log ", 1)[0],
             log:
                 re.search(r"--log (\S+)", _job.cmd).group(1),
+            priority: 1 if is_exact(re.search(r"--dataset (\S+)", _job.cmd).group(1)) else 0  # after exact-map: the longest chain first
             resources:
                 gpu=1,
             shell:

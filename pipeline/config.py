@@ -16,7 +16,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from pipeline.errors import ConfigError
 
@@ -226,6 +226,7 @@ class Config:
     build_dir: Path  # <build_dir>/<preset>
     results_dir: Path  # <results_dir>/<preset>
     job_per: str  # point | dataset: granularity of the sample and fid jobs (pipeline.dag)
+    heavy_threads: Union[str, int]  # "all" | n: Snakemake threads of the train, train-classifier, exact-map jobs
     mosaic_seeds: int
     ddim_table: dict  # steps, eta, sigma_hat, spacings, options (global grid, for table layout)
     pndm_table: dict  # samplers (names, `all` resolved), steps, spacings, options
@@ -636,6 +637,7 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
         build_dir=Path(doc["run"]["build_dir"]) / doc["preset"],
         results_dir=Path(doc["run"]["results_dir"]) / doc["preset"],
         job_per=doc["run"]["job_per"],
+        heavy_threads=doc["run"]["heavy_threads"],
         mosaic_seeds=int(grid["mosaic_seeds"]),
         ddim_table=dict(grid.get("ddim_table") or {}),
         pndm_table=dict(grid.get("pndm_table") or {}),

@@ -131,6 +131,27 @@ def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(tmp_path
         assert s["params"], name
 
 
+@pytest.mark.parametrize("heavy, want", [(1, 1), pytest.param("all", 2, marks=pytest.mark.slow),
+                                         pytest.param(8, 2, marks=pytest.mark.slow)])  # 20 s each
+def test_heavy_jobs_get_the_threads_run_heavy_threads_says(tmp_path, heavy, want):
+    """run.heavy_threads: train, train-classifier and exact-map take min(n, --cores) threads (`all`:
+    every core), so on 2 cores 1 lets them run beside the single-threaded sample and fid jobs."""
+    root = make_project(tmp_path / "proj")
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["run"]["heavy_threads"] = heavy
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    out = snakemake(root, "-n", "--forceall").stdout
+    threads = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        m = re.match(r"(?:local)?rule (\w+):", block)
+        if m:
+            t = re.search(r"^\s+threads: (\d+)", block, flags=re.M)
+            threads.setdefault(m[1], set()).add(int(t[1]) if t else 1)
+    assert {rule: threads[rule] for rule in ("train", "train_classifier", "exact_map")} == \
+        {"train": {want}, "train_classifier": {want}, "exact_map": {want}}
+    assert all(t == {1} for rule, t in threads.items() if rule.startswith(("sample", "fid", "ref_stats")))
+
+
 def test_a_code_edit_reruns_exactly_the_stages_that_run_that_code_in_both_engines(built, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(built, root, symlinks=True)
