@@ -123,6 +123,7 @@ rule prepare_data_gmm:
         code=CODE["prepare-data"],
     log:
         P["logs"] + "/prepare-data/{dataset}.log",
+    priority: 3  # the head of the exact data sets' chain (exact-map, sample, fid): started first
     shell:
         PRE + " prepare-data --dataset {wildcards.dataset} --out " + P["data"].replace("{dataset}", "{wildcards.dataset}") + " --log {log}"
 
