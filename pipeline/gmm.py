@@ -420,7 +420,7 @@ def _terms(p: dict, x: torch.Tensor, a: torch.Tensor, logdet: Optional[torch.Ten
     if logdet is None:
         logdet = s.log().sum(-1)
     w64 = w.double()
-    q = w64 / s
+    q = w64 * (1 / s)  # s has one row per noise level: its reciprocal is cheap, a [B, K, r] division is not
     logits = p["logw"] - 0.5 * ((w64 * q).sum(-1) + logdet)
     rho = a * p["sigma2"] + (1 - a)
     return logits, q, y, z, rho
