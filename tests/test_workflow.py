@@ -131,8 +131,8 @@ def test_snakefile_and_dvc_yaml_run_the_same_commands_on_the_same_files(tmp_path
         assert s["params"], name
 
 
-@pytest.mark.parametrize("heavy, want", [(1, 1), pytest.param("all", 2, marks=pytest.mark.slow),
-                                         pytest.param(8, 2, marks=pytest.mark.slow)])  # 20 s each
+@pytest.mark.slow  # 20 s a case: CI tier
+@pytest.mark.parametrize("heavy, want", [(1, 1), ("all", 2), (8, 2)])
 def test_heavy_jobs_get_the_threads_run_heavy_threads_says(tmp_path, heavy, want):
     """run.heavy_threads: train, train-classifier and exact-map take min(n, --cores) threads (`all`:
     every core), so on 2 cores 1 lets them run beside the single-threaded sample and fid jobs."""
