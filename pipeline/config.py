@@ -537,6 +537,18 @@ def _exists(path: str, base_dir: Path) -> bool:
     return (base_dir / path).exists() or Path(path).exists()
 
 
+def _dvc_file(path: str, base_dir: Path) -> Optional[Path]:
+    """The `.dvc` file that tracks `path` (the path itself or a folder above it), if any: the file is
+    then in DVC's cache or remote, not in a git checkout."""
+    p = base_dir / path
+    for q in (p, *p.parents):
+        if q == base_dir or not q.name:
+            return None
+        if q.with_name(q.name + ".dvc").is_file():
+            return q.with_name(q.name + ".dvc")
+    return None
+
+
 def _check_dataset(ds: DatasetConfig, base_dir: Path) -> None:
     key = f"datasets.{ds.name}"
     if ds.source in ROOT_SOURCES:
@@ -606,8 +618,11 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
             raise ConfigError(f"model: set either model.pretrained ({model.pretrained!r}) or model.checkpoint "
                               f"({model.checkpoint!r}), not both (dataset {name})")
         if model.checkpoint and not _exists(model.checkpoint, base_dir):
-            raise ConfigError(f"model.checkpoint: {model.checkpoint!r} does not exist (dataset {name}); "
-                              f"point it at a unet.safetensors with its unet.json beside it")
+            tracked = _dvc_file(model.checkpoint, base_dir)
+            hint = (f"it is DVC-tracked ({tracked.relative_to(base_dir)}): `dvc pull {tracked.relative_to(base_dir)}` "
+                    f"fetches it from the project's DVC remote" if tracked else
+                    "point it at a unet.safetensors with its unet.json beside it")
+            raise ConfigError(f"model.checkpoint: {model.checkpoint!r} does not exist (dataset {name}); {hint}")
         if "inception" in fid.features and not ds.is_gaussian and fid.inception_weights:
             if not _exists(fid.inception_weights, base_dir):
                 raise ConfigError(f"fid.inception_weights: {fid.inception_weights!r} does not exist (dataset {name})")

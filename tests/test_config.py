@@ -16,12 +16,26 @@ from pipeline.config import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
+SHIPPED = "models/mnist-cpu/unet.safetensors"  # the one checkpoint git holds (issue 12)
+
+
+def git_files(repo_root: Path = REPO) -> set:
+    return set(subprocess.run(["git", "ls-files"], cwd=repo_root, capture_output=True, text=True,
+                              check=True).stdout.split())
+
+
 def allow_download(merged: dict) -> None:
-    """Presets name ../shared data that may be absent here: let every source entry download instead
-    (an entry with data_of holds nothing but that key)."""
+    """Presets name ../shared data and DVC-tracked checkpoints that a fresh clone lacks (it has no
+    DVC remote): let every source entry download instead (an entry with data_of holds nothing but
+    that key), and sample the shipped checkpoint where a preset names one that git does not hold."""
     for ds in merged["datasets"].values():
         if "data_of" not in ds:
             ds["download"] = True
+    in_git = git_files()
+    for section in [merged, *merged.get("overrides", {}).values()]:
+        model = section.get("model") or {}
+        if model.get("checkpoint") and model["checkpoint"] not in in_git:
+            model["checkpoint"] = SHIPPED
 
 
 def global_grid_params() -> dict:
@@ -603,20 +617,30 @@ def test_every_point_name_of_every_preset_reads_back_and_fits_the_snakefile(repo
                 assert re.fullmatch(constraint, p.name), (preset, p.name)
 
 
-def test_every_checkpoint_a_preset_samples_is_in_git(repo_root):
-    """A fresh clone has no DVC remote to pull from: a model.checkpoint that only DVC tracks exists on
-    the machine that trained it and nowhere else, and the preset then fails before it starts."""
-    tracked = set(subprocess.run(["git", "ls-files", "models"], cwd=repo_root, capture_output=True, text=True,
-                                 check=True).stdout.split())
+def test_every_checkpoint_a_preset_names_is_in_git_or_in_a_committed_dvc_file(repo_root):
+    """Checkpoints belong to DVC (the shipped one, which the embedded default samples offline, is the
+    exception git holds): each one a preset names is either in git or tracked by a committed `.dvc`
+    file, so that `dvc pull` from the project's remote brings it."""
+    in_git = git_files(repo_root)
     for preset in ("embedded", "cpu", "gpu", "paper"):
         merged, _ = config.resolve_dict(repo_root / "params.yaml", preset=preset)
-        allow_download(merged)
-        merged["fid"]["inception_weights"] = None
-        for name, run in config.from_dict(merged, base_dir=repo_root).runs.items():
-            ckpt = run.model.checkpoint
-            if ckpt:
-                sidecar = str(Path(ckpt).with_name("unet.json"))
-                assert {ckpt, sidecar} <= tracked, (preset, name, ckpt)
+        for section in [merged, *merged.get("overrides", {}).values()]:
+            ckpt = (section.get("model") or {}).get("checkpoint")
+            if not ckpt:
+                continue
+            sidecar = str(Path(ckpt).with_name("unet.json"))
+            dvc = config._dvc_file(ckpt, repo_root)
+            assert {ckpt, sidecar} <= in_git or (dvc and str(dvc.relative_to(repo_root)) in in_git), (preset, ckpt)
+
+
+def test_a_dvc_tracked_checkpoint_missing_from_the_checkout_is_refused_naming_dvc_pull(params, tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/run.dvc").write_text("outs:\n- path: run\n")
+    params["model"]["checkpoint"] = "models/run/unet.safetensors"
+    with pytest.raises(ConfigError, match=r"model.checkpoint: 'models/run/unet.safetensors' does not exist "
+                                          r"\(dataset mnist-embedded\); it is DVC-tracked \(models/run.dvc\): "
+                                          r"`dvc pull models/run.dvc`"):
+        config.from_dict(params, base_dir=tmp_path)
 
 
 # ---------------------------------------------------------------------------- data_of: another model, same data
