@@ -245,6 +245,10 @@ for path in sorted(pathlib.Path("presets").glob("*.yaml")):
         if "data_of" not in ds:  # an entry with data_of holds nothing but that key
             ds["download"] = True  # the gpu/paper presets name ../shared data that may be absent
     merged["fid"]["inception_weights"] = None
+    for section in [merged, *merged.get("overrides", {}).values()]:  # DVC-only checkpoints a clone lacks
+        model = section.get("model") or {}
+        if model.get("checkpoint") and not pathlib.Path(model["checkpoint"]).exists():
+            model["checkpoint"] = "models/mnist-cpu/unet.safetensors"
     config.from_dict(merged, base_dir=pathlib.Path("."))
 config.make(config.TrainConfig)
 print(sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
