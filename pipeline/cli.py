@@ -76,7 +76,7 @@ def _features_ok(run, features: str) -> None:
 # --- stage commands -------------------------------------------------------------------------
 
 def cmd_prepare_data(cfg: Config, a) -> None:
-    from pipeline import data
+    from pipeline.stages import data
 
     run = _run_for(cfg, a.dataset)
     manifest = data.prepare(run.dataset, Path(a.out), run.fit_to)
@@ -84,7 +84,7 @@ def cmd_prepare_data(cfg: Config, a) -> None:
 
 
 def cmd_train(cfg: Config, a) -> None:
-    from pipeline import train
+    from pipeline.stages import train
 
     run = _run_for(cfg, a.dataset)
     resume = cfg.build_dir / "resume" / a.dataset
@@ -92,14 +92,14 @@ def cmd_train(cfg: Config, a) -> None:
 
 
 def cmd_train_classifier(cfg: Config, a) -> None:
-    from pipeline import classifier
+    from pipeline.stages import classifier
 
     run = _run_for(cfg, a.dataset)
     classifier.train_classifier(run.classifier, Path(a.data), Path(a.out))
 
 
 def cmd_ref_stats(cfg: Config, a) -> None:
-    from pipeline import fid
+    from pipeline.stages import fid
 
     run = _run_for(cfg, a.dataset)
     _features_ok(run, a.features)
@@ -107,7 +107,7 @@ def cmd_ref_stats(cfg: Config, a) -> None:
 
 
 def cmd_sample(cfg: Config, a) -> None:
-    from pipeline import sample
+    from pipeline.stages import sample
 
     run = _run_for(cfg, a.dataset)
     points = [_point_in_grid(run, name) for name in a.point]
@@ -125,7 +125,7 @@ def cmd_sample(cfg: Config, a) -> None:
 
 
 def cmd_exact_map(cfg: Config, a) -> None:
-    from pipeline import exact_map
+    from pipeline.stages import exact_map
 
     run = _run_for(cfg, a.dataset)
     if not run.dataset.exact_score:
@@ -136,7 +136,7 @@ def cmd_exact_map(cfg: Config, a) -> None:
 
 
 def cmd_fid(cfg: Config, a) -> None:
-    from pipeline import fid
+    from pipeline.stages import fid
 
     run = _run_for(cfg, a.dataset)
     _features_ok(run, a.features)
@@ -164,7 +164,9 @@ def _records(cfg: Config) -> tuple[list, list]:
 
 
 def cmd_aggregate(cfg: Config, a) -> None:
-    from pipeline import aggregate, dag, files
+    from pipeline.stages import aggregate
+    from pipeline import dag
+    from pipeline.util import files
 
     sample_recs, fid_recs = _records(cfg)
     missing = [str(p) for p in sample_recs + fid_recs if not p.exists()]
@@ -188,7 +190,9 @@ def cmd_aggregate(cfg: Config, a) -> None:
 
 
 def cmd_figures(cfg: Config, a) -> None:
-    from pipeline import dag, figures, spacing
+    from pipeline import dag
+    from pipeline.report import figures
+    from pipeline.core import spacing
 
     P = dag.paths(cfg)
     mosaic, exact = {}, {}
@@ -222,7 +226,8 @@ def cmd_validate(cfg: Config, a) -> None:
 
 
 def cmd_dvc_yaml(cfg: Config, a) -> None:
-    from pipeline import dag, files
+    from pipeline import dag
+    from pipeline.util import files
 
     files.write_text(a.out, dag.render_dvc_yaml(cfg))
     print(f"dvc-yaml: {len(dag.jobs(cfg))} stages (preset {cfg.preset}) -> {a.out}")
@@ -230,7 +235,8 @@ def cmd_dvc_yaml(cfg: Config, a) -> None:
 
 def cmd_preset(cfg: Config, a, params_path: Path) -> None:
     """Switch both engines: set `preset:` in params.yaml (comments kept) and regenerate dvc.yaml."""
-    from pipeline import config, dag, files
+    from pipeline import config, dag
+    from pipeline.util import files
 
     text = params_path.read_text()
     if not re.search(r"^preset:.*$", text, flags=re.M):
@@ -242,7 +248,7 @@ def cmd_preset(cfg: Config, a, params_path: Path) -> None:
 
 
 def cmd_convert_inception(cfg, a) -> None:
-    from pipeline import inception_convert
+    from pipeline.stages import inception_convert
 
     inception_convert.convert_inception(Path(a.torchscript), Path(a.out))
     print(f"convert-inception: {a.torchscript} -> {a.out}")

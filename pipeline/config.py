@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from pipeline.errors import ConfigError
+from pipeline.util.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 PRESETS_DIR = "presets"  # relative to the folder of params.yaml
@@ -38,7 +38,7 @@ class DiffusionConfig:  # `diffusion`: the forward process
     cosine_s: float
 
     def noise_schedule(self):
-        from pipeline.schedules import NoiseSchedule
+        from pipeline.core.schedules import NoiseSchedule
 
         if self.schedule == "linear":
             return NoiseSchedule.linear(self.T, self.beta_start, self.beta_end)
@@ -151,7 +151,7 @@ class GridPoint:
     """One sampler setting of the benchmark grid (a value, not a config section).
 
     options: ((name, value), ...), every keyword option of the sampler in its registry entry's order,
-    defaults filled in (pipeline.samplers `Option` specs), so equal settings are equal points however
+    defaults filled in (pipeline.core.samplers `Option` specs), so equal settings are equal points however
     they were written. `eta` is options["eta"] (None for samplers without one); passing eta= is the
     same as passing it in options. A value the registry does not accept is kept as given, for the
     sample stage to report. `name` spells the non-default options (samplers.point_name) and
@@ -165,7 +165,7 @@ class GridPoint:
     options: tuple = ()
 
     def __post_init__(self):
-        from pipeline import samplers
+        from pipeline.core import samplers
 
         given = dict(self.options)
         if self.eta is not None:
@@ -178,14 +178,14 @@ class GridPoint:
 
     @property
     def name(self) -> str:
-        from pipeline import samplers
+        from pipeline.core import samplers
 
         return samplers.point_name(self.sampler, self.steps, self.spacing, dict(self.options))
 
     @classmethod
     def parse(cls, name: str) -> "GridPoint":
         """The point a name spells (the registry parses it); ConfigError naming what is expected."""
-        from pipeline import samplers
+        from pipeline.core import samplers
 
         try:
             sampler, steps, spacing, options = samplers.parse_point_name(name)
@@ -251,7 +251,7 @@ def _schema_file() -> dict:
 def schema() -> dict:
     """params.schema.yaml with the enums that are registries in code filled in from them (fresh on
     every call, so a sampler registered at run time is allowed)."""
-    from pipeline import samplers, spacing, unet_presets
+    from pipeline.core import samplers, spacing, unet_presets
 
     s = copy.deepcopy(_schema_file())
     s["$defs"]["sampler"]["enum"] = list(samplers.SAMPLERS)
@@ -421,7 +421,7 @@ def load(params_path="params.yaml", preset: Optional[str] = None, sets=None) -> 
 def sampler_names(value) -> list:
     """`grid.pndm_table.samplers` -> sampler names: a list as written, `all` (every registered
     sampler, in registry order) or {all_except: [names]} (the same, less those)."""
-    from pipeline import samplers
+    from pipeline.core import samplers
 
     if value == "all":
         return list(samplers.SAMPLERS)
@@ -461,7 +461,7 @@ def _option_settings(table: str, rows: list, given: dict, where: str) -> dict:
     sampler's registry specs, each list a grid axis (their product, in declared order)."""
     import itertools
 
-    from pipeline import samplers
+    from pipeline.core import samplers
 
     out = {}
     for sampler, opts in given.items():
@@ -494,7 +494,7 @@ def _option_settings(table: str, rows: list, given: dict, where: str) -> dict:
 
 
 def _points(grid: dict, T: int, dataset: str) -> tuple:
-    from pipeline import samplers, spacing
+    from pipeline.core import samplers, spacing
 
     key, where = f"grid (dataset {dataset})", f" (dataset {dataset})"
     points: list[GridPoint] = []

@@ -16,20 +16,20 @@ from pipeline.config import Config
 
 # The module each stage's CLI handler hands its work to; everything it imports follows.
 STAGE_ENTRY = {
-    "prepare-data": "pipeline.data",
-    "train": "pipeline.train",
-    "train-classifier": "pipeline.classifier",
-    "ref-stats": "pipeline.fid",
-    "exact-map": "pipeline.exact_map",
-    "sample": "pipeline.sample",
-    "fid": "pipeline.fid",
-    "aggregate": "pipeline.aggregate",
-    "figures": "pipeline.figures",
+    "prepare-data": "pipeline.stages.data",
+    "train": "pipeline.stages.train",
+    "train-classifier": "pipeline.stages.classifier",
+    "ref-stats": "pipeline.stages.fid",
+    "exact-map": "pipeline.stages.exact_map",
+    "sample": "pipeline.stages.sample",
+    "fid": "pipeline.stages.fid",
+    "aggregate": "pipeline.stages.aggregate",
+    "figures": "pipeline.report.figures",
 }
 # Data files a module reads at run time (found by tests/test_dag.py's scan for `__file__`).
 MODULE_DATA = {
     "pipeline.config": ["pipeline/params.schema.yaml"],
-    "pipeline.papers": ["pipeline/reference"],
+    "pipeline.report.papers": ["pipeline/report/reference"],
 }
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -48,7 +48,7 @@ def _module_file(module: str) -> Path | None:
 
 def _imports(tree, module: str, *, top_level_only: bool = False, lazy: bool = False) -> set:
     """`pipeline.*` modules imported anywhere in `tree` (function bodies too: a stage calls them).
-    With `lazy`, also the modules of lazy registry entries ("pipeline.samplers.ddim:ddim")."""
+    With `lazy`, also the modules of lazy registry entries ("pipeline.core.samplers.ddim:ddim")."""
     import ast
 
     nodes = tree.body if top_level_only else ast.walk(tree)
@@ -66,7 +66,7 @@ def _imports(tree, module: str, *, top_level_only: bool = False, lazy: bool = Fa
             found |= {f"{base}.{a.name}" for a in node.names}  # `from pipeline import x` imports module x
         elif (lazy and isinstance(node, ast.Constant) and isinstance(node.value, str)
               and re.fullmatch(r"pipeline(\.\w+)+:\w+", node.value)):
-            found.add(node.value.partition(":")[0])  # a lazy registry entry, e.g. "pipeline.samplers.ddim:ddim"
+            found.add(node.value.partition(":")[0])  # a lazy registry entry, e.g. "pipeline.core.samplers.ddim:ddim"
     return {m for m in found if _module_file(m) is not None}
 
 
@@ -117,7 +117,7 @@ def _stage_modules(stage: str, package_dir: Path) -> tuple:
     for node in cli_tree.body:
         if isinstance(node, ast.FunctionDef) and node.name in (handler, "main"):
             stage_roots |= _imports(node, "pipeline.cli")
-    # A lazy registry entry ("pipeline.samplers.ddim:ddim") is loaded by the stage that runs it,
+    # A lazy registry entry ("pipeline.core.samplers.ddim:ddim") is loaded by the stage that runs it,
     # not by the config that only reads the registry's names: follow entries from the stage's roots.
     base = _closure(roots)
     modules = base | _closure(stage_roots, lazy=True, loaded=frozenset(base))

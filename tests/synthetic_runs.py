@@ -24,11 +24,11 @@ import zlib
 
 import numpy as np
 
-from pipeline import intervals
+from pipeline.core import intervals
 from pipeline.config import SIGMA_HAT_OPTIONS, GridPoint
-from pipeline.labels import SIGMA_HAT
-from pipeline.samplers import non_default_options
-from pipeline.files import read_json, write_json
+from pipeline.report.labels import SIGMA_HAT
+from pipeline.core.samplers import non_default_options
+from pipeline.util.files import read_json, write_json
 
 STEPS = (10, 20, 50, 100, 250, 1000)
 N = 64

@@ -10,7 +10,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipeline import aggregate, claims, records
+from pipeline.stages import aggregate
+
+from pipeline.report import claims, records
 from synthetic_runs import B, FAILS, HOLDS, N, SERIES_STEPS, STEPS, nfe_of, write_all
 
 

@@ -1,12 +1,12 @@
-"""pipeline.checkpoint: checkpoints round-trip, corrupt ones fail clearly, the resume state round-trips
+"""pipeline.stages.checkpoint: checkpoints round-trip, corrupt ones fail clearly, the resume state round-trips
 and refuses another setup, and the sample stage reads checkpoints without depending on the training loop."""
 import pytest
 import torch
 
-from pipeline.checkpoint import KIND_UNET, STATE_JSON, load_checkpoint, load_state, save_checkpoint, save_state
+from pipeline.stages.checkpoint import KIND_UNET, STATE_JSON, load_checkpoint, load_state, save_checkpoint, save_state
 from pipeline.config import DiffusionConfig, ModelConfig, TrainConfig, make
-from pipeline.errors import CheckpointError, ConfigError
-from pipeline.unet import build_unet, unet_config
+from pipeline.util.errors import CheckpointError, ConfigError
+from pipeline.core.unet import build_unet, unet_config
 
 MODEL = make(ModelConfig, preset="tiny", overrides={"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
                                                     "attn_resolutions": [4], "num_groups": 8, "dropout": 0.1})
@@ -50,7 +50,7 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def trained_state():
     """A TrainState after one update, so that AdamW has moments and a step count to save."""
-    from pipeline.train import new_state, train_step
+    from pipeline.stages.train import new_state, train_step
 
     state = new_state(ucfg(), CFG, "cpu")
     data = torch.randint(0, 256, (16, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
@@ -61,7 +61,7 @@ def trained_state():
 
 
 def test_resume_state_round_trips_and_refuses_another_setup(tmp_path):
-    from pipeline.train import new_state
+    from pipeline.stages.train import new_state
 
     saved, identity = trained_state(), {"seed": 1, "lr": 2e-3}
     assert not load_state(new_state(ucfg(), CFG, "cpu"), tmp_path, identity)  # nothing saved yet
@@ -88,5 +88,5 @@ def test_sample_stage_does_not_depend_on_the_training_loop():
     from pipeline import dag
 
     deps = dag.stage_modules("sample")
-    assert "pipeline/checkpoint.py" in deps and "pipeline/train.py" not in deps
-    assert "pipeline/checkpoint.py" in dag.stage_modules("train")
+    assert "pipeline/stages/checkpoint.py" in deps and "pipeline/stages/train.py" not in deps
+    assert "pipeline/stages/checkpoint.py" in dag.stage_modules("train")

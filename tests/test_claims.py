@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import claims, intervals, papers, records
+from pipeline.report import claims, papers, records
+
+from pipeline.core import intervals
 from synthetic_runs import N, base, md_table, write_all, write_point
 
 
@@ -350,9 +352,9 @@ def test_power_ddim_10_vs_100_steps_on_the_exact_gaussian_is_called_correctly():
     same 2,000 seeds at 10 and 100 steps, the exact Frechet distance with its seed-block jackknife
     replicates: the paired interval of FID(10) - FID(100) lies above 0 (100 steps are better),
     and reversed, FID(100) - FID(10) lies below 0."""
-    from pipeline import gaussian, samplers
-    from pipeline.sample import initial_noise
-    from pipeline.schedules import NoiseSchedule
+    from pipeline.core import gaussian, samplers
+    from pipeline.stages.sample import initial_noise
+    from pipeline.core.schedules import NoiseSchedule
 
     schedule, n, blocks = NoiseSchedule.linear(1000), 2000, 20
     x_T, _ = initial_noise(range(n), (1, 4, 4))

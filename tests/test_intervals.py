@@ -1,4 +1,4 @@
-"""Intervals of FID, KID and the exact Frechet distance (pipeline/intervals.py).
+"""Intervals of FID, KID and the exact Frechet distance (pipeline/core/intervals.py).
 
 First the algebra, against independent implementations: replicates are the statistic recomputed
 without each block (torch-fidelity's FID and KID, `gaussian.frechet_to_truth`), and the jackknife of
@@ -20,7 +20,7 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
-from pipeline import gaussian, intervals
+from pipeline.core import gaussian, intervals
 
 REPEATS = 200
 

@@ -5,7 +5,7 @@ import math
 
 import pandas as pd
 
-from pipeline import labels
+from pipeline.report import labels
 
 
 def test_series_key_equal_settings_equal_keys():

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from pipeline import records
-from pipeline.errors import RecordError
-from pipeline.files import read_json, write_json
+from pipeline.report import records
+from pipeline.util.errors import RecordError
+from pipeline.util.files import read_json, write_json
 from synthetic_runs import HOLDS, STEPS, write_all, write_point
 
 

@@ -9,9 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import checkpoint, data, fid, files, sample, samplers, schedules
+from pipeline.stages import checkpoint, data, fid, sample
+
+from pipeline.util import files
+
+from pipeline.core import samplers, schedules
 from pipeline.config import DatasetConfig, DiffusionConfig, FIDConfig, GridPoint, SampleConfig, make
-from pipeline.unet import UNetConfig, build_unet
+from pipeline.core.unet import UNetConfig, build_unet
 
 MU, S = 5.0, 2.0
 DIFF = make(DiffusionConfig, T=1000)
@@ -170,7 +174,7 @@ def test_bad_inputs_fail_before_compute(gauss_dir, mnist_dir, tmp_path):
 def test_gaussian_end_to_end_close_to_truth(gauss_dir, tmp_path):
     """Exact eps model + PLMS at 50 steps reproduces the exact probability-flow map of each image's x_T;
     the samples are N(mu, s^2) up to sampling noise; 2 DDIM steps are visibly worse by the exact FD."""
-    from pipeline import gaussian
+    from pipeline.core import gaussian
 
     n = 2000
     good = sample.run(cfg(n_images=n, batch_size=1000), GridPoint("plms", 50), DIFF, gauss_dir, None,

@@ -6,11 +6,11 @@ import re
 import pytest
 import torch
 
-from pipeline.gaussian import exact_eps_fn, frechet_to_truth
-from pipeline.samplers import SAMPLERS, NonFiniteError, nfe, sample, takes_eta
-from pipeline.samplers.ddim import ddim
-from pipeline.samplers.dpm_solver import dpm_solver_pp
-from pipeline.schedules import NoiseSchedule
+from pipeline.core.gaussian import exact_eps_fn, frechet_to_truth
+from pipeline.core.samplers import SAMPLERS, NonFiniteError, nfe, sample, takes_eta
+from pipeline.core.samplers.ddim import ddim
+from pipeline.core.samplers.dpm_solver import dpm_solver_pp
+from pipeline.core.schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.linear(100)
 EPS = exact_eps_fn(5.0, 2.0, SCHEDULE)

@@ -1,5 +1,5 @@
 """Every sampler against exact answers: Gaussian data N(mu, s^2 I) has a closed-form noise
-prediction and a closed-form probability-flow map (pipeline/gaussian.py), so errors are measured,
+prediction and a closed-form probability-flow map (pipeline/core/gaussian.py), so errors are measured,
 not guessed. mu = 5, s = 2 is the 1-D case; a 4-dimensional case has per-dimension mu and s."""
 import math
 
@@ -8,12 +8,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from pipeline import samplers
-from pipeline.gaussian import exact_eps_fn, exact_map, frechet_to_truth
-from pipeline.samplers import SAMPLERS, nfe, sample
-from pipeline.samplers.pndm import adams_bashforth_weights
-from pipeline.schedules import SPACINGS, NoiseSchedule, timesteps
-from pipeline.spacing import REPEATS
+from pipeline.core import samplers
+from pipeline.core.gaussian import exact_eps_fn, exact_map, frechet_to_truth
+from pipeline.core.samplers import SAMPLERS, nfe, sample
+from pipeline.core.samplers.pndm import adams_bashforth_weights
+from pipeline.core.schedules import SPACINGS, NoiseSchedule, timesteps
+from pipeline.core.spacing import REPEATS
 
 MU, S = 5.0, 2.0
 DETERMINISTIC = ["ddim", "pndm-prk", "s-pndm", "f-pndm", "fon", "rk4-ab4", "plms", "dpm-solver++"]

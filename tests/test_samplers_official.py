@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.gaussian import exact_eps_fn
-from pipeline.samplers import nfe, sample
-from pipeline.schedules import NoiseSchedule, timesteps
+from pipeline.core.gaussian import exact_eps_fn
+from pipeline.core.samplers import nfe, sample
+from pipeline.core.schedules import NoiseSchedule, timesteps
 
 SCHEDULE = NoiseSchedule.linear(1000)
 T = SCHEDULE.T

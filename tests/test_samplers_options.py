@@ -1,4 +1,4 @@
-"""Sampler keyword options: each registry entry declares them (pipeline.samplers.Option); the specs
+"""Sampler keyword options: each registry entry declares them (pipeline.core.samplers.Option); the specs
 validate values, spell point names and read them back. A new option is a keyword of its sampler
 function plus one Option in its `register` line: nothing else (config, CLI, records) changes."""
 import copy
@@ -8,13 +8,15 @@ import itertools
 import pytest
 import torch
 
-from pipeline import config, samplers
+from pipeline import config
+
+from pipeline.core import samplers
 from pipeline.config import ConfigError, GridPoint
-from pipeline.gaussian import exact_eps_fn
-from pipeline.labels import options_text, series_key, series_label
-from pipeline.samplers import SAMPLERS, Option, non_default_options, parse_point_name, point_name, register
-from pipeline.schedules import NoiseSchedule
-from pipeline.spacing import SPACINGS
+from pipeline.core.gaussian import exact_eps_fn
+from pipeline.report.labels import options_text, series_key, series_label
+from pipeline.core.samplers import SAMPLERS, Option, non_default_options, parse_point_name, point_name, register
+from pipeline.core.schedules import NoiseSchedule
+from pipeline.core.spacing import SPACINGS
 
 
 def option_values(spec: Option) -> list:
@@ -108,13 +110,13 @@ def test_declared_options_are_the_function_keywords_with_the_same_defaults(name)
 )
 def test_bad_option_specs_are_refused_at_registration(options, message):
     with pytest.raises(ValueError) as e:
-        register("bad-options", "pipeline.samplers.ddim:ddim", lambda s: s, options=options)
+        register("bad-options", "pipeline.core.samplers.ddim:ddim", lambda s: s, options=options)
     assert message in str(e.value) and "bad-options" not in SAMPLERS
 
 
 def _damped_ddim(eps_fn, x_T, schedule, timesteps, *, damping="none", generator=None, callback=None):
     """A test sampler with one new option: ddim, its result scaled down by 'half'."""
-    from pipeline.samplers.ddim import ddim
+    from pipeline.core.samplers.ddim import ddim
 
     x = ddim(eps_fn, x_T, schedule, timesteps, generator=generator, callback=callback)
     return x / 2 if damping == "half" else x
@@ -152,7 +154,7 @@ def test_a_new_option_needs_only_its_function_and_registry_entry(damped, repo_ro
 
 
 def test_the_registry_says_which_samplers_draw_noise_after_x_T():
-    from pipeline import samplers as reg
+    from pipeline.core import samplers as reg
 
     assert reg.is_stochastic("ddpm") and reg.is_stochastic("ddpm-large")
     assert not reg.is_stochastic("ddim") and reg.is_stochastic("ddim", {"eta": 0.5})

@@ -39,9 +39,9 @@ docs/samplers.md lists them too):
 import pytest
 import torch
 
-from pipeline.gaussian import exact_eps_fn
-from pipeline.samplers import nfe, sample
-from pipeline.schedules import NoiseSchedule, timesteps
+from pipeline.core.gaussian import exact_eps_fn
+from pipeline.core.samplers import nfe, sample
+from pipeline.core.schedules import NoiseSchedule, timesteps
 
 diffusers = pytest.importorskip("diffusers")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers vs numpy 2 `copy=` notice

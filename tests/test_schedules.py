@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.schedules import SPACINGS, NoiseSchedule, _resolve, timesteps
-from pipeline.spacing import REPEATS
+from pipeline.core.schedules import SPACINGS, NoiseSchedule, _resolve, timesteps
+from pipeline.core.spacing import REPEATS
 
 
 def test_linear_schedule_is_ddpm_float64():

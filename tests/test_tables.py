@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import papers, records, tables
+from pipeline.report import papers, records, tables
 from synthetic_runs import (FAKE_CIFAR10_TRAIN, HOLDS, PAPERS_SETTING, STEPS, base, md_table, write_all, write_point,
                             write_world)
 
@@ -155,7 +155,7 @@ def test_the_training_table_reads_the_change_between_the_last_two_models_from_pa
     import numpy as np
     import pandas as pd
 
-    from pipeline import records, tables
+    from pipeline.report import records, tables
 
     rows = []
     rng = np.random.default_rng(0)

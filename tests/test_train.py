@@ -1,4 +1,4 @@
-"""pipeline.train: the loss goes down, a killed run resumes to the same weights, bad configs fail clearly,
+"""pipeline.stages.train: the loss goes down, a killed run resumes to the same weights, bad configs fail clearly,
 and an imported diffusers UNet2DModel gives its own eps (checkpoint files themselves: test_checkpoint.py)."""
 from dataclasses import replace
 from pathlib import Path
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, DatasetConfig, DiffusionConfig, ModelConfig, TrainConfig, make
-from pipeline.data import prepare
-from pipeline.checkpoint import load_checkpoint
-from pipeline.train import batch_indices, train
+from pipeline.stages.data import prepare
+from pipeline.stages.checkpoint import load_checkpoint
+from pipeline.stages.train import batch_indices, train
 
 # A small U-Net on 8x8 grey images: same code paths as the presets (attention, dropout, resampling).
 MODEL = make(ModelConfig, preset="tiny", overrides={"ch": 16, "ch_mult": [1, 2], "num_res_blocks": 1,
@@ -144,7 +144,7 @@ def test_a_shipped_checkpoint_stands_in_for_training_byte_for_byte(data_dir, tmp
 
 
 def test_a_shipped_checkpoint_that_does_not_match_is_refused_naming_the_file(data_dir, tmp_path):
-    from pipeline.errors import CheckpointError
+    from pipeline.util.errors import CheckpointError
 
     train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "trained", tmp_path / "resume")
     weights = tmp_path / "trained" / "unet.safetensors"

@@ -1,4 +1,4 @@
-"""pipeline.unet: the DDPM U-Net's shapes, size, attention placement, time conditioning and config checks."""
+"""pipeline.core.unet: the DDPM U-Net's shapes, size, attention placement, time conditioning and config checks."""
 import time
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ConfigError
-from pipeline.unet import PRESETS, AttnBlock, build_unet, count_parameters, timestep_embedding, unet_config
+from pipeline.core.unet import PRESETS, AttnBlock, build_unet, count_parameters, timestep_embedding, unet_config
 
 SMALL = dict(ch=16, num_groups=8, dropout=0.0)  # same topology as a preset, few channels: fast on CPU
 

@@ -155,12 +155,12 @@ def test_heavy_jobs_get_the_threads_run_heavy_threads_says(tmp_path, heavy, want
 def test_a_code_edit_reruns_exactly_the_stages_that_run_that_code_in_both_engines(built, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(built, root, symlinks=True)
-    with open(root / "pipeline/figures.py", "a") as f:
+    with open(root / "pipeline/report/figures.py", "a") as f:
         f.write("\n# an edit\n")
     assert set(planned_jobs(root)) - {"all"} == {"figures"}  # `all` is the target rule, no work
     changed = yaml.safe_load(sh(["dvc", "status", "--json"], root).stdout or "{}")
     assert set(changed) == {"figures"}, changed
-    with open(root / "pipeline/samplers/ddim.py", "a") as f:
+    with open(root / "pipeline/core/samplers/ddim.py", "a") as f:
         f.write("\n# an edit\n")
     jobs = {stage_of(r) for r in planned_jobs(root)}
     assert {"sample", "fid", "aggregate", "figures"} <= jobs
@@ -186,7 +186,7 @@ def test_snakemake_runs_the_tiny_pipeline_end_to_end(built):
     assert list((built / "results/embedded/tables").glob("pndm-mnist-gmm-path-rms-*.md"))
     assert runs["fid"].notna().all() and (runs["nfe"] > 0).all()
     for f in ("s-pndm", "f-pndm"):
-        assert set(runs.loc[runs.sampler == f, "nfe"]) == {__import__("pipeline.samplers", fromlist=["nfe"]).nfe(f, 5)}
+        assert set(runs.loc[runs.sampler == f, "nfe"]) == {__import__("pipeline.core.samplers", fromlist=["nfe"]).nfe(f, 5)}
     figs = list((built / "results/embedded/figures").glob("*.png"))
     assert figs and list((built / "results/embedded/figures").glob("*.pdf"))
     assert (built / "results/embedded/metrics.json").exists()

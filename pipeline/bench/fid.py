@@ -33,7 +33,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import classifier, fid, files, intervals, provenance
+from pipeline.stages import classifier, fid
+
+from pipeline.util import files, provenance
+
+from pipeline.core import intervals
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[3] / "shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth"
 PROJECT_N = (1000, 10000)
@@ -129,7 +133,7 @@ def _interval_table() -> str:
 
 def bench_space(features: str, n: int, batch: int, shape: tuple, device: str, weights: Path | None) -> dict:
     if features == "exact":
-        from pipeline.gaussian import frechet_to_truth
+        from pipeline.core.gaussian import frechet_to_truth
 
         x = torch.randn(max(n, 10000), 1, 4, 4, dtype=torch.float64) * 2 + 5
         t0 = time.perf_counter()

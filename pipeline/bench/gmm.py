@@ -1,4 +1,4 @@
-"""Cost of the exact Gaussian-mixture noise prediction (pipeline/gmm.py) against the tiny U-Net.
+"""Cost of the exact Gaussian-mixture noise prediction (pipeline/core/gmm.py) against the tiny U-Net.
 
 One eps call at batch [256, 1, 28, 28] on the CPU (float32 products with float64
 responsibilities, the samplers' default, and all-float64), for mixtures of K components in an
@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import gmm
-from pipeline.schedules import NoiseSchedule
-from pipeline.unet import PRESETS, build_unet, count_parameters
+from pipeline.core import gmm
+from pipeline.core.schedules import NoiseSchedule
+from pipeline.core.unet import PRESETS, build_unet, count_parameters
 
 SHAPE = (1, 28, 28)
 

@@ -24,9 +24,9 @@ import time
 import pandas as pd
 import torch
 
-from pipeline.gaussian import exact_eps_fn, exact_map, frechet_to_truth
-from pipeline.samplers import SAMPLERS, nfe, sample
-from pipeline.schedules import SPACINGS, NoiseSchedule, timesteps
+from pipeline.core.gaussian import exact_eps_fn, exact_map, frechet_to_truth
+from pipeline.core.samplers import SAMPLERS, nfe, sample
+from pipeline.core.schedules import SPACINGS, NoiseSchedule, timesteps
 
 BUDGETS = (10, 20, 50, 100, 1000)
 

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from pipeline import files, provenance
-from pipeline.unet import PRESETS, build_unet, count_parameters, unet_config
+from pipeline.util import files, provenance
+from pipeline.core.unet import PRESETS, build_unet, count_parameters, unet_config
 
 
 def time_fwd_bwd(preset: str, batch: int, iters: int, warmup: int, device: str, bf16: bool) -> dict:
