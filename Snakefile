@@ -16,8 +16,8 @@ from pipeline import config as ddconfig, dag
 
 configfile: "params.yaml"
 
-# params.yaml (plus presets/<preset>.yaml) is the one configuration: only `preset`
-# may come from the command line, so that every job reads the same settings.
+# presets/<preset>.yaml with params.yaml's own changes over it is the one configuration: only
+# `preset` may come from the command line, so that every job reads the same settings.
 _on_disk = yaml.safe_load(open("params.yaml"))
 _extra = sorted(k for k in config if k != "preset" and config[k] != _on_disk.get(k))
 if _extra:

@@ -257,7 +257,7 @@ def cmd_convert_inception(cfg, a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n\n")[1].strip())
     p.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
-    p.add_argument("--preset", default=None, help="overlay presets/<NAME>.yaml (default: the `preset:` key of params.yaml)")
+    p.add_argument("--preset", default=None, help="run presets/<NAME>.yaml, under params.yaml's own changes (default: the `preset:` key of params.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one value, e.g. --set train.steps=100 (repeatable)")
     sub = p.add_subparsers(dest="command", required=True, metavar="command")
 

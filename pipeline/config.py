@@ -230,7 +230,8 @@ class Config:
     mosaic_seeds: int
     ddim_table: dict  # steps, eta, sigma_hat, spacings, options (global grid, for table layout)
     pndm_table: dict  # samplers (names, `all` resolved), steps, spacings, options
-    overlay_path: Optional[Path]
+    preset_path: Optional[Path]  # presets/<preset>.yaml (None: built from a dict, as in tests)
+    params_path: Optional[Path]  # params.yaml: the preset's name and the user's own changes
     # The merged YAML with the schema defaults filled in, kept only so the DAG can hand each
     # stage its own params slice (Snakemake `params:`); stages themselves never read it.
     merged: dict = field(repr=False, compare=False)
@@ -396,26 +397,36 @@ def parse_set(items) -> dict:
 
 
 def resolve_dict(params_path, preset: Optional[str] = None, sets=None) -> tuple[dict, Optional[Path]]:
-    """params.yaml (+ presets/<preset>.yaml overlay, + --set overrides) -> merged dict."""
+    """presets/<preset>.yaml (a complete configuration) <- params.yaml's own keys <- --set -> merged dict.
+
+    The preset is `preset` if given, else params.yaml's `preset:`, else the schema's default. Every
+    preset is a complete statement over the schema's defaults: nothing of one preset reaches
+    another, and params.yaml holds only the user's choice of preset and their own changes."""
     params_path = Path(params_path)
     raw = _yaml(params_path)
-    no_overlay = _schema_file()["properties"]["preset"]["default"]
-    preset = preset or raw.get("preset") or no_overlay
-    overlay_path = None
-    if preset != no_overlay:
-        overlay_path = params_path.parent / PRESETS_DIR / f"{preset}.yaml"
-        if not overlay_path.exists():
-            known = sorted(p.stem for p in (params_path.parent / PRESETS_DIR).glob("*.yaml"))
-            raise ConfigError(f"preset: {preset!r} has no overlay file {overlay_path}; known presets: {no_overlay}, {', '.join(known)}")
-        raw = deep_merge(raw, _yaml(overlay_path))
-    raw = deep_merge(raw, parse_set(sets))
-    raw["preset"] = preset
-    return raw, overlay_path
+    preset = preset or raw.get("preset") or _schema_file()["properties"]["preset"]["default"]
+    presets_dir = params_path.parent / PRESETS_DIR
+    preset_path = presets_dir / f"{preset}.yaml"
+    if not preset_path.exists():
+        known = sorted(p.stem for p in presets_dir.glob("*.yaml"))
+        raise ConfigError(f"preset: {preset!r} has no file {preset_path}; known presets: {', '.join(known) or '(none)'}")
+    base = _yaml(preset_path)
+    if "preset" in base:
+        raise ConfigError(f"{preset_path}: a preset file must not set `preset:` (params.yaml chooses the preset)")
+    own = {k: v for k, v in raw.items() if k != "preset"}
+    merged = deep_merge(deep_merge(base, own), parse_set(sets))
+    merged["preset"] = preset
+    return merged, preset_path
+
+
+def own_keys(params_path) -> dict:
+    """params.yaml's own changes over its preset (everything but `preset:`)."""
+    return {k: v for k, v in _yaml(Path(params_path)).items() if k != "preset"}
 
 
 def load(params_path="params.yaml", preset: Optional[str] = None, sets=None) -> Config:
-    merged, overlay_path = resolve_dict(params_path, preset, sets)
-    return from_dict(merged, overlay_path=overlay_path, base_dir=Path(params_path).parent)
+    merged, preset_path = resolve_dict(params_path, preset, sets)
+    return from_dict(merged, preset_path=preset_path, params_path=Path(params_path), base_dir=Path(params_path).parent)
 
 
 def sampler_names(value) -> list:
@@ -584,7 +595,8 @@ def _entry(name: str, merged: dict, catalogue: dict, run_datasets: list) -> dict
     return {**base, "data_of": base_name}
 
 
-def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Path = Path(".")) -> Config:
+def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: Optional[Path] = None,
+              base_dir: Path = Path(".")) -> Config:
     s = schema()
     _check(s, merged)
     doc = _complete(s, merged)
@@ -656,6 +668,7 @@ def from_dict(merged: dict, *, overlay_path: Optional[Path] = None, base_dir: Pa
         mosaic_seeds=int(grid["mosaic_seeds"]),
         ddim_table=dict(grid.get("ddim_table") or {}),
         pndm_table=dict(grid.get("pndm_table") or {}),
-        overlay_path=overlay_path,
+        preset_path=preset_path,
+        params_path=params_path,
         merged=doc,
     )

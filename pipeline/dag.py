@@ -346,11 +346,10 @@ def dvc_yaml(cfg: Config) -> dict:
     """dvc.yaml for `cfg`: one stage per job, same command, files and params keys as the Snakefile."""
     stages = {}
     for job in jobs(cfg):
-        params = list(job.params)
         st: dict = {"cmd": job.cmd, "deps": stage_modules(job.stage) + list(job.deps)}
-        if cfg.overlay_path is not None:
-            st["deps"].append(str(cfg.overlay_path))
-        st["params"] = params
+        params = dvc_params(cfg, job.params)
+        if params:
+            st["params"] = params
         outs = [o for o in job.outs]
         outs += [{o: {"cache": False}} for o in job.outs_nocache]
         if outs:
@@ -368,6 +367,39 @@ def dvc_yaml(cfg: Config) -> dict:
             plots.append({_p(P["loss_csv"], dataset=ds): {"x": "step", "y": "loss", "title": f"training loss ({ds})"}})
     plots.append(P["figures"])
     return {"stages": stages, "plots": plots}
+
+
+def _has_key(doc: dict, key: str) -> bool:
+    node = doc
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def dvc_params(cfg: Config, keys: list) -> list:
+    """DVC `params:` of a stage. From the preset file (presets/<preset>.yaml), each of the stage's
+    dotted keys that it writes; a key it leaves out takes the schema's default, which the stage's
+    code deps cover (the schema is a data file of pipeline.config). From params.yaml (the user's
+    own changes), the top-level sections those keys are in: params.yaml keeps every section, empty
+    or not, so that an edit there reruns the stages that read it without regenerating dvc.yaml."""
+    import yaml
+
+    if cfg.preset_path is None:
+        return list(keys)
+    root = cfg.params_path.parent
+    preset_doc = yaml.safe_load(cfg.preset_path.read_text()) or {}
+    out = []
+    present = [k for k in keys if _has_key(preset_doc, k)]
+    if present:
+        out.append({str(cfg.preset_path.relative_to(root)): present})
+    sections = list(dict.fromkeys(k.split(".")[0] for k in keys))
+    if "datasets" in sections and "overrides" not in sections:
+        sections.append("overrides")  # a data set's stages read its overrides.<name>, written there or not
+    if sections:
+        out.append({cfg.params_path.name: sections})
+    return out
 
 
 def render_dvc_yaml(cfg: Config) -> str:

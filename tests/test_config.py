@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from configs import preset_params, write_config
 
 from pipeline import config
 
@@ -41,9 +42,9 @@ def allow_download(merged: dict) -> None:
 
 
 def global_grid_params() -> dict:
-    """params.yaml with the two MNIST models on the global grid (their grid overrides removed): the
-    tests of the grid machinery read the global grid through them."""
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The embedded preset with the two MNIST models on the global grid (their grid overrides
+    removed): the tests of the grid machinery read the global grid through them."""
+    p = preset_params("embedded")
     for name in ("mnist-embedded", "mnist-cpu"):
         p["overrides"][name].pop("grid")
     return p
@@ -144,11 +145,12 @@ def test_quadratic_spacing_that_cannot_give_distinct_steps_is_rejected_at_load(p
     assert len(set(t.tolist())) == 20 and cfg_or_error is not None
 
 
-def test_preset_overlay_merges_mappings_and_replaces_lists(tmp_path, params):
-    (tmp_path / "presets").mkdir()
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    (tmp_path / "presets" / "small.yaml").write_text(yaml.safe_dump({"train": {"steps": 7}, "grid": {"ddim_table": {"steps": [5]}}}))
-    cfg = config.load(tmp_path / "params.yaml", preset="small")
+def test_params_yaml_changes_merge_over_the_preset_mappings_by_key_lists_replaced(tmp_path, params):
+    path = write_config(tmp_path, params, preset="small")
+    own = yaml.safe_load(path.read_text())
+    own.update(train={"steps": 7}, grid={"ddim_table": {"steps": [5]}})
+    path.write_text(yaml.safe_dump(own))
+    cfg = config.load(path)
     run = cfg.runs["mnist-embedded"]
     assert run.train.steps == 7 and run.train.batch_size == params["train"]["batch_size"]
     assert {p.steps for p in run.points if p.sampler == "ddpm-large"} == {5}
@@ -156,15 +158,22 @@ def test_preset_overlay_merges_mappings_and_replaces_lists(tmp_path, params):
 
 
 def test_unknown_preset_lists_known_presets(tmp_path, params):
-    (tmp_path / "presets").mkdir()
+    write_config(tmp_path, params)
     (tmp_path / "presets" / "gpu.yaml").write_text("{}\n")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    with pytest.raises(ConfigError, match=r"preset: 'laptop' has no overlay file .*known presets: embedded, gpu"):
+    with pytest.raises(ConfigError, match=r"preset: 'laptop' has no file .*known presets: embedded, gpu"):
         config.load(tmp_path / "params.yaml", preset="laptop")
 
 
+def test_a_preset_file_is_the_whole_configuration_and_never_names_a_preset(tmp_path, params):
+    write_config(tmp_path, {**params, "preset": "gpu"})
+    assert "preset" not in yaml.safe_load((tmp_path / "presets/embedded.yaml").read_text())
+    (tmp_path / "presets" / "bad.yaml").write_text(yaml.safe_dump({**params, "preset": "embedded"}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: a preset file must not set `preset:`"):
+        config.load(tmp_path / "params.yaml", preset="bad")
+
+
 def test_set_overrides_are_parsed_as_yaml(tmp_path, params):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_config(tmp_path, params)
     cfg = config.load(tmp_path / "params.yaml", sets=["train.steps=3", "grid.ddim_table.eta=[0.0]"])
     assert cfg.runs["mnist-embedded"].train.steps == 3
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
@@ -185,7 +194,7 @@ def test_shipped_presets_validate(repo_root):
 
 def test_cli_reports_bad_config_in_one_line_with_exit_2_and_writes_nothing(tmp_path, params):
     params["grid"]["ddim_table"]["steps"] = [5000]
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    write_config(tmp_path, params)
     out = tmp_path / "out"
     r = subprocess.run(
         [sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"), "prepare-data",
@@ -216,13 +225,73 @@ def test_committed_dvc_yaml_is_generated_from_params(repo_root):
         "dvc.yaml is stale: run `python -m pipeline dvc-yaml`"
 
 
+# What the presets' docs say they run (README, docs/design.md and each preset file's header):
+# run.job_per and run.heavy_threads, and the steps of their grids.
+DOCUMENTED = {
+    "embedded": {"job_per": "dataset", "heavy_threads": 1,
+                 "steps": {"gaussian": [10, 20], "mnist-cpu": [10, 20], "mnist-gmm": [10, 20, 50, 100]}},
+    "cpu": {"job_per": "point", "heavy_threads": "all", "steps": {"mnist": [10, 20, 50, 100], "mnist-step-500": [10, 50, 100]}},
+    "gpu": {"job_per": "point", "heavy_threads": "all",
+            "steps": {"mnist": [10, 20, 50, 100, 250, 1000], "cifar10": [10, 20, 50, 100, 250, 1000],
+                      "gaussian": [10, 20, 50, 100, 250, 1000]}},
+    "paper": {"job_per": "point", "heavy_threads": "all",
+              "steps": {"cifar10": [10, 20, 50, 100, 250, 1000], "gaussian": [10, 20, 50, 100, 250, 1000]}},
+}
+
+
+def resolved(repo_root, preset, params_path=None):
+    merged, _ = config.resolve_dict(params_path or repo_root / "params.yaml", preset=preset)
+    allow_download(merged)
+    merged["fid"]["inception_weights"] = None
+    return config.from_dict(merged, base_dir=repo_root)
+
+
+@pytest.mark.parametrize("preset", sorted(DOCUMENTED))
+def test_every_preset_resolves_to_the_run_settings_and_grids_its_docs_give(repo_root, preset):
+    cfg, want = resolved(repo_root, preset), DOCUMENTED[preset]
+    assert (cfg.job_per, cfg.heavy_threads) == (want["job_per"], want["heavy_threads"])
+    for name, steps in want["steps"].items():
+        assert sorted({p.steps for p in cfg.runs[name].points}) == steps, (preset, name)
+    header = (repo_root / "presets" / f"{preset}.yaml").read_text().split("\n\n", 1)[0]
+    if preset != "embedded":  # the embedded preset says it beside each key
+        import re
+
+        assert re.search(rf"run\.heavy_threads:? {want['heavy_threads']}\b", header), preset
+    # The exact Gaussian's data are not in [-1, 1]: wherever it runs, sigma-hat keeps x_0 unclamped.
+    if "gaussian" in cfg.runs:
+        assert all(dict(p.options).get("clip_x0") is False for p in cfg.runs["gaussian"].points if p.sampler == "ddpm-large")
+
+
+def test_no_preset_inherits_from_another(repo_root, tmp_path):
+    """Every preset is a complete statement: editing one preset's file changes no other preset."""
+    shutil.copytree(repo_root / "presets", tmp_path / "presets")
+    shutil.copy(repo_root / "params.yaml", tmp_path / "params.yaml")
+    before = {p: resolved(repo_root, p, tmp_path / "params.yaml") for p in ("cpu", "gpu", "paper")}
+    embedded = preset_params("embedded")
+    embedded["run"]["job_per"] = "point"
+    embedded["overrides"]["gaussian"]["grid"]["ddim_table"]["steps"] = [3]
+    embedded["sample"]["n_images"] = 7
+    (tmp_path / "presets/embedded.yaml").write_text(yaml.safe_dump(embedded))
+    for p, cfg in before.items():
+        after = resolved(repo_root, p, tmp_path / "params.yaml")
+        assert after.runs == cfg.runs and after.job_per == cfg.job_per, p
+
+
+def test_the_users_params_yaml_holds_the_preset_and_empty_sections_only(repo_root):
+    own = yaml.safe_load((repo_root / "params.yaml").read_text())
+    assert own.pop("preset") == "embedded"
+    assert own == {s: {} for s in own} and set(own) == set(config.schema()["properties"]) - {"preset"}
+
+
 def test_preset_command_switches_params_and_dvc_yaml(tmp_path, repo_root):
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(repo_root / name, tmp_path / name)
     shutil.copytree(repo_root / "presets", tmp_path / "presets")
     text = (tmp_path / "params.yaml").read_text()
     # the gpu preset points at ../shared; make it self-contained for the test
-    (tmp_path / "presets" / "tiny.yaml").write_text("train: {steps: 5}\n")
+    tiny = preset_params("embedded")
+    tiny["train"]["steps"] = 5
+    (tmp_path / "presets" / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     r = subprocess.run([sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"), "preset", "tiny"],
                        capture_output=True, text=True, cwd=repo_root)
     assert r.returncode == 0, r.stderr
@@ -290,7 +359,7 @@ def test_overrides_are_validated_as_merged_even_for_data_sets_not_run(params):
     params["overrides"]["gaussian"]["grid"]["pndm_table"] = {"steps": [10]}
     with pytest.raises(ConfigError, match=r"overrides\.gaussian\.grid\.pndm_table: 'samplers' is a required property"):
         load(params)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = preset_params("embedded")
     params["overrides"]["cifar10"] = {"train": {"ema_decay": 2}}  # cifar10 is not in run.datasets
     with pytest.raises(ConfigError, match=r"overrides\.cifar10\.train\.ema_decay: 2 is greater than or equal to the maximum of 1"):
         load(params)
@@ -460,8 +529,7 @@ def test_every_key_has_a_one_line_description():
 def test_minimal_params_file_loads_with_the_schema_defaults(tmp_path):
     minimal = {"run": {"datasets": ["g"]}, "datasets": {"g": {"source": "gaussian"}},
                "grid": {"pndm_table": {"samplers": ["ddim"], "steps": [5]}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(minimal))
-    cfg = config.load(tmp_path / "params.yaml")
+    cfg = config.load(write_config(tmp_path, minimal))
     run = cfg.runs["g"]
     assert dataclasses.asdict(cfg.diffusion) == section_defaults("diffusion")
     for name, section in (("model", run.model), ("train", run.train), ("classifier", run.classifier),

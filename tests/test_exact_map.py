@@ -64,7 +64,7 @@ def test_the_gmm_source_fits_the_mixture_and_stores_its_exact_samples(gmm_dir, t
 def test_a_gmm_needs_an_image_data_set_to_fit(repo_root):
     import yaml
 
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params = yaml.safe_load((repo_root / "presets/embedded.yaml").read_text())
     params["run"]["datasets"] = ["g"]
     params["datasets"]["g"] = {"source": "gmm", "fit_to": "gaussian"}
     with pytest.raises(ConfigError, match=r"datasets.g.fit_to: 'gaussian' is not an image data set .* allowed: .*mnist-embedded"):

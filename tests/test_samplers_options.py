@@ -134,7 +134,7 @@ def damped():
 def test_a_new_option_needs_only_its_function_and_registry_entry(damped, repo_root):
     import yaml
 
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params = yaml.safe_load((repo_root / "presets/embedded.yaml").read_text())
     for name in ("mnist-embedded", "mnist-cpu"):
         params["overrides"][name].pop("grid")  # on the global grid, as every other data set here
     params["grid"]["pndm_table"].update(samplers=[damped], options={damped: {"damping": ["none", "half"]}})

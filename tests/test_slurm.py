@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from configs import write_config
 from test_workflow import REPO, make_project, planned_jobs, sh, tiny_params, tmp_leftovers
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -48,7 +49,7 @@ def local_profile(**resources) -> dict:
 
 def project(root: Path, profile: dict | None = None) -> Path:
     make_project(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(slurm_params(), sort_keys=False))
+    write_config(root, slurm_params())
     sh([sys.executable, "-m", "pipeline", "dvc-yaml"], root)
     (root / "profiles/slurm-local").mkdir()
     (root / "profiles/slurm-local/config.yaml").write_text(yaml.safe_dump(profile or local_profile(), sort_keys=False))

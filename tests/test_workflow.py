@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from configs import preset_params, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -21,9 +22,9 @@ COPY = ["pipeline", "Snakefile", "presets", "profiles", "report", "pyproject.tom
 
 
 def tiny_params(job_per: str | None = None) -> dict:
-    """The embedded default, shrunk; `job_per` switches the sample/fid job granularity (run.job_per:
-    params.yaml's `dataset` unless given)."""
-    p = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The embedded preset, shrunk; `job_per` switches the sample/fid job granularity (run.job_per:
+    the embedded preset's `dataset` unless given)."""
+    p = preset_params("embedded")
     if job_per is not None:
         p["run"]["job_per"] = job_per
     p["datasets"]["mnist-embedded"]["limit"] = 256
@@ -63,7 +64,7 @@ def make_project(root: Path, job_per: str | None = None) -> Path:
         else:
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(job_per), sort_keys=False))
+    write_config(root, tiny_params(job_per))
     (root / ".gitignore").write_text("/build/\n/logs/\n/.snakemake/\n__pycache__/\n")
     sh([sys.executable, "-m", "pipeline", "dvc-yaml"], root)
     sh("git init -q && git config user.email t@t && git config user.name t && dvc init -q && dvc config core.analytics false "
@@ -138,7 +139,7 @@ def test_heavy_jobs_get_the_threads_run_heavy_threads_says(tmp_path, heavy, want
     every core), so on 2 cores 1 lets them run beside the single-threaded sample and fid jobs."""
     root = make_project(tmp_path / "proj")
     p = yaml.safe_load((root / "params.yaml").read_text())
-    p["run"]["heavy_threads"] = heavy
+    p["run"]["heavy_threads"] = heavy  # the user's own change in params.yaml, over the preset
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     out = snakemake(root, "-n", "--forceall").stdout
     threads = {}
