@@ -167,11 +167,12 @@ def test_samples_have_the_mixture_moments():
     assert (np.abs(np.cov(x, rowvar=False) - cov) < 5 * se_cov).all()
 
 
-def test_sample_k_depends_only_on_seed_plus_k():
-    mix = random_mixture(K=3, r=2, d=4, seed=7, shape=(2, 2))
-    a, b = gmm.sample(mix, 6, seed=10), gmm.sample(mix, 2, seed=13)
-    assert a.shape == (6, 2, 2) and a.dtype == torch.float64
-    assert torch.equal(a[3:5], b)
+@pytest.mark.parametrize("K, r, d", [(3, 2, 4), (10, 128, 784)])  # the second: the MNIST mixture's size
+def test_sample_k_depends_only_on_seed_plus_k_bitwise_in_any_batch(K, r, d):
+    mix = random_mixture(K=K, r=r, d=d, seed=7, shape=(d,))
+    a, b, c = gmm.sample(mix, 40, seed=10), gmm.sample(mix, 2, seed=13), gmm.sample(mix, 1, seed=49)
+    assert a.shape == (40, d) and a.dtype == torch.float64
+    assert torch.equal(a[3:5], b) and torch.equal(a[39:], c)
 
 
 # ---------------------------------------------------------------------------- fitting

@@ -89,6 +89,11 @@ def sacct_rows(run_uuid) -> list:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """The one-node cluster, up for this module and down after it."""
+    import importlib.util
+
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("the Snakemake SLURM executor plugin is not installed: pip install -e \".[slurm]\" "
+                    "(the `test` extra installs it on Python >= 3.11)")
     if os.geteuid() != 0:
         pytest.skip("a local SLURM needs root (apt-get installs it; slurmd starts jobs as their user)")
     installed = all(shutil.which(c) for c in (*DAEMONS, "sbatch", "sacct"))
@@ -105,10 +110,14 @@ def cluster(tmp_path_factory):
         shutil.rmtree(state / "db", ignore_errors=True)  # the MariaDB files are about 100 MB
 
 
-def cancel_training_mid_run(root, deadline) -> tuple:
+def cancel_training_mid_run(root, deadline, snakemake_proc) -> tuple:
     """scancel the running `train` job as soon as its stage has started (its log exists): SLURM
-    sends SIGTERM, then SIGKILL after KillWait. Returns (SLURM job id, comment)."""
+    sends SIGTERM, then SIGKILL after KillWait. Returns (SLURM job id, comment). Fails at once,
+    with Snakemake's output, if Snakemake has exited before the job ran."""
     while time.time() < deadline:
+        if snakemake_proc.poll() is not None:
+            raise AssertionError(f"snakemake exited ({snakemake_proc.returncode}) before the train job ran:\n"
+                                 + (root / "snakemake.out").read_text()[-4000:])
         for line in slurm("squeue", "-h", "-t", "RUNNING", "-o", "%i|%k").splitlines():
             jobid, comment = line.split("|", 1)
             if comment == "rule_train_wildcards_mnist-embedded" and (root / TRAIN_LOG).exists():
@@ -135,7 +144,7 @@ def runs(cluster, tmp_path_factory):
                              stdout=local_out, stderr=subprocess.STDOUT, start_new_session=True),
         ]
         try:
-            cancelled = cancel_training_mid_run(root, t0 + 900)
+            cancelled = cancel_training_mid_run(root, t0 + 900, procs[0])
             rcs = [p.wait(timeout=1800) for p in procs]
         finally:
             for p in procs:

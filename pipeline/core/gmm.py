@@ -375,29 +375,36 @@ def sample(mix: Mixture, n: int, seed: int = 0, *, return_components: bool = Fal
     Sample k uses only torch.Generator().manual_seed(seed + k) (as the pipeline seeds images), so a
     reference set is reproducible and any prefix of it is the same: one uniform picks the component
     (inverse CDF of the weights), then randn(r) in the eigenbasis, then randn(d) projected onto the
-    complement: x = mean + P (mu_k + V_k lam_k^1/2 z) + sigma2^1/2 (I - P P^T) u.
+    complement: x = mean + P (mu_k + V_k lam_k^1/2 z) + sigma2^1/2 (I - P P^T) u. Sample k is
+    bitwise the same in a batch of any size (within one machine: across CPUs, BLAS rounds
+    differently, to float64 precision).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"n: must be an integer >= 0, got {n!r}")
     d, r = mix.d, mix.r
     f64 = torch.float64
-    u = torch.empty(n, dtype=f64)
-    z = torch.empty(n, r, dtype=f64)
-    resid = torch.zeros(n, d, dtype=f64)
+    cdf = torch.from_numpy(np.cumsum(mix.weights))
+    P = torch.tensor(mix.basis)
+    mean, mus = torch.tensor(mix.mean), torch.tensor(mix.mus)
+    V, lam_sqrt = torch.tensor(mix.eigvecs), torch.tensor(mix.eigvals).sqrt()
+    x = torch.empty(n, d, dtype=f64)
+    comp = torch.empty(n, dtype=torch.int64)
+    # One sample at a time, with matrix-vector products of the same shapes whatever n is: a batched
+    # product's summation order depends on the batch size (BLAS picks its kernel by shape), so this
+    # is what makes sample k bitwise the same in any batch, on any CPU's BLAS.
     for k in range(n):
         g = torch.Generator().manual_seed(int(seed) + k)
-        u[k] = torch.rand((), generator=g, dtype=f64)
-        z[k] = torch.randn(r, generator=g, dtype=f64)
+        u = torch.rand((), generator=g, dtype=f64)
+        z = torch.randn(r, generator=g, dtype=f64)
+        c = int(torch.searchsorted(cdf, u.reshape(1), right=True).clamp(max=mix.K - 1))
+        comp[k] = c
+        sub = mus[c] + torch.mv(V[c], lam_sqrt[c] * z)
+        xk = mean + torch.mv(P, sub)
         if r < d:
-            resid[k] = torch.randn(d, generator=g, dtype=f64)
-    cdf = torch.from_numpy(np.cumsum(mix.weights))
-    comp = torch.searchsorted(cdf, u, right=True).clamp(max=mix.K - 1)
-    P = torch.tensor(mix.basis)
-    V, lam = torch.tensor(mix.eigvecs)[comp], torch.tensor(mix.eigvals)[comp]
-    sub = torch.tensor(mix.mus)[comp] + torch.einsum("nij,nj->ni", V, lam.sqrt() * z)
-    if r < d:
-        resid = math.sqrt(mix.sigma2) * (resid - (resid @ P) @ P.T)
-    x = (torch.tensor(mix.mean) + sub @ P.T + resid).reshape(n, *mix.shape)
+            e = torch.randn(d, generator=g, dtype=f64)
+            xk = xk + math.sqrt(mix.sigma2) * (e - torch.mv(P, torch.mv(P.T, e)))
+        x[k] = xk
+    x = x.reshape(n, *mix.shape)
     return (x, comp.to(torch.int64)) if return_components else x
 
 

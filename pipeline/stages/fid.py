@@ -210,6 +210,8 @@ def frechet(features_1: torch.Tensor, stats_2: dict) -> float:
     if stats_1["mu"].shape != stats_2["mu"].shape:
         raise FIDError(f"feature dimension {stats_1['mu'].shape[0]} differs from the reference stats' "
                        f"{stats_2['mu'].shape[0]}: wrong stats file for this feature space")
+    if stats_1["mu"].dtype != stats_2["mu"].dtype:  # torch-fidelity asserts equal dtypes: compare in float64
+        stats_1, stats_2 = ({k: v.astype(np.float64) for k, v in s.items()} for s in (stats_1, stats_2))
     return float(fid_statistics_to_metric(stats_1, stats_2, False)[KEY_METRIC_FID])
 
 
