@@ -49,7 +49,7 @@ def heavy_threads(wildcards):
 
 
 def params_of(stage):
-    return lambda wc: dag.params_values(CFG, dag.params_keys(CFG, stage, getattr(wc, "dataset", None)))
+    return lambda wc: dag.job_params(CFG, stage, getattr(wc, "dataset", None))
 
 
 def deps_of(stage):
@@ -88,10 +88,13 @@ wildcard_constraints:
 
 
 rule all:
+    # Every job's outputs, not only the results: without mtime triggers Snakemake would let a
+    # deleted intermediate file (samples, records, models) stay deleted while the tables exist.
     input:
         P["tables"],
         P["figures"],
         P["metrics"],
+        sorted({o for j in JOBS for o in j.outs + j.outs_nocache + j.metrics} - {P["tables"], P["figures"], P["metrics"]}),
 
 
 rule prepare_data:
@@ -155,6 +158,7 @@ rule train:
     input:
         images=data_path("images"),
         manifest=data_path("manifest"),
+        model=lambda wc: dag.model_files(CFG, wc.dataset),  # a committed checkpoint it imports
     output:
         unet=P["unet"],
         unet_json=P["unet_json"],

@@ -75,6 +75,12 @@ def _is_package(module: str) -> bool:
     return f is not None and f.name == "__init__.py"
 
 
+# Modules whose imports of the numerical core only validate the configuration (the sampler and
+# spacing registries' names and options, the U-Net presets): a stage depends on a core module
+# only when its own code imports it, so registering a sampler reruns only the stages that run one.
+VALIDATION_ONLY = {"pipeline.config": "pipeline.core"}
+
+
 def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset()) -> set:
     """Every module reachable from `roots`. cli.py is not followed: it imports each stage's module
     inside that stage's handler, and `stage_modules` reads only the handler that runs. With `lazy`,
@@ -93,6 +99,8 @@ def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset())
         if m != "pipeline.cli":
             tree = ast.parse(_module_file(m).read_text())
             found = _imports(tree, m, lazy=lazy)
+            if m in VALIDATION_ONLY:
+                found = {f for f in found if not (f + ".").startswith(VALIDATION_ONLY[m] + ".")}
             todo += sorted(found - _imports(tree, m) if m in loaded else found)
     return seen
 
@@ -240,6 +248,33 @@ def params_values(cfg: Config, keys: list) -> dict:
     return out
 
 
+def model_files(cfg: Config, dataset: str) -> list:
+    """The committed model files a data set's train job imports instead of training
+    (`model.checkpoint` and its unet.json sidecar): inputs of that job in both engines, so that a
+    replaced or updated checkpoint reruns it and everything after it."""
+    ckpt = cfg.runs[dataset].model.checkpoint
+    if not ckpt:
+        return []
+    return [str(ckpt), str(Path(ckpt).with_name("unet.json"))]
+
+
+def job_params(cfg: Config, stage: str, dataset: str | None = None) -> dict:
+    """What Snakemake records of a job's configuration (its `params.cfg`): the values of its params
+    keys, except that exact-map, which reads of the grid only the first timestep of each point, gets
+    those timesteps and its seed count instead of the grid (so a grid point that starts where
+    another does, such as a newly registered sampler's, does not redo it)."""
+    keys = params_keys(cfg, stage, dataset)
+    if stage != "exact-map":
+        return params_values(cfg, keys)
+    from pipeline.core import spacing
+
+    run = cfg.runs[dataset]
+    values = params_values(cfg, [k for k in keys if k != "grid" and not k.endswith(".grid")])
+    values["starts"] = spacing.first_timesteps(cfg.diffusion.T, run.points)  # exact_map.starts
+    values["path_seeds"] = min(max(run.sample.n_for(p.steps) for p in run.points), run.sample.path_n)
+    return values
+
+
 def jobs(cfg: Config) -> list:
     P = paths(cfg)
     pre = f"python -m pipeline --preset {cfg.preset}"
@@ -262,7 +297,7 @@ def jobs(cfg: Config) -> list:
             out.append(Job(
                 "train", stage_name("train", ds),
                 f"{pre} train --dataset {ds} --data {fd('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
-                deps=[fd("images"), fd("manifest")],
+                deps=[fd("images"), fd("manifest")] + model_files(cfg, ds),
                 outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
                 params=params_keys(cfg, "train", ds),
             ))

@@ -228,6 +228,39 @@ def test_a_param_edit_reruns_exactly_the_affected_jobs(built, tmp_path):
     assert "train-mnist-embedded:" not in changed
 
 
+def test_registering_a_sampler_reruns_only_sampling_and_what_follows_in_both_engines(built, tmp_path):
+    """A new registry entry changes the sampler registry's file, which config validation reads in
+    every stage: only the stages that run samplers (sample) and what follows them may rerun."""
+    root = tmp_path / "copy"
+    shutil.copytree(built, root, symlinks=True)
+    registry = root / "pipeline/core/samplers/__init__.py"
+    registry.write_text(registry.read_text()
+                        + '\nregister("ddim-again", "pipeline.core.samplers.ddim:ddim", lambda s: s, options=(ETA,))\n')
+    allowed = {"sample", "fid", "aggregate", "figures"}
+    jobs = {stage_of(r) for r in planned_jobs(root)} - {"all"}
+    assert "sample" in jobs and jobs <= allowed, jobs
+    changed = {name.rstrip(":") for name in re.findall(r"^(\S+):$", sh(["dvc", "status"], root).stdout, flags=re.M)}
+    assert changed and {n.split("-")[0] for n in changed} <= allowed, changed
+
+
+def test_a_replaced_shipped_checkpoint_reruns_its_import_in_both_engines(built, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(built, root, symlinks=True)
+    ckpt = root / "models/mnist-cpu/unet.safetensors"
+    data = bytearray(ckpt.read_bytes())
+    data[-16:] = bytes(b ^ 0xFF for b in data[-16:])
+    ckpt.write_bytes(bytes(data))
+    assert "train" in {stage_of(r) for r in planned_jobs(root)}
+    assert "train-mnist-cpu:" in sh(["dvc", "status"], root).stdout
+
+
+def test_deleted_outputs_are_remade(built, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(built, root, symlinks=True)
+    shutil.rmtree(root / "build/embedded/runs/gaussian")
+    assert {"sample", "fid"} <= {stage_of(r) for r in planned_jobs(root)}
+
+
 def test_dvc_repro_then_snakemake_finds_nothing_even_after_checkout(tmp_path):
     root = make_project(tmp_path / "proj")
     sh(["dvc", "repro"], root)

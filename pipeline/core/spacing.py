@@ -93,3 +93,9 @@ def indices(T: int, steps: int, spacing: str = "uniform") -> list[int]:
                              f"ascending values in 0..{T - 1}")
         return raw[::-1]
     return resolve(raw, T, steps, spacing)[::-1]
+
+
+def first_timesteps(T: int, points) -> list:
+    """The distinct first timesteps of grid points (anything with `.steps` and `.spacing`),
+    ascending: where each point's sampler starts from x_T."""
+    return sorted({int(indices(T, p.steps, p.spacing)[0]) for p in points})

@@ -1,11 +1,11 @@
-"""The exact probability-flow endpoints of the fixed latents, for data sets with an exact score (issue 11).
+"""The exact probability-flow endpoints of the fixed latents, for data sets with an exact score.
 
     run(cfg, points, diffusion, data_dir, out_path) -> summary        the exact-map stage
     load(path) -> Endpoints                                            what the sample stage reads
-    path_error(x_0, endpoints, point, seeds) -> record fields          pathwise RMS with its interval
+    path_error(x_0, endpoints, point, seeds, T, stochastic=) -> record fields          pathwise RMS with its interval
 
 A deterministic sampler approximates the probability-flow ODE map from x_T (drawn with seed k, as
-`sample.initial_noise` draws it) at alpha_bar[t_S], its first timestep, to x_0 at alpha_bar = 1.
+`core.latents.initial_noise` draws it) at alpha_bar[t_S], its first timestep, to x_0 at alpha_bar = 1.
 With an exact score that map is known: in closed form for the `gaussian` data set
 (`gaussian.exact_map`) and by a high-accuracy adaptive solve for a `gmm` (`gmm.ode_endpoint`,
 DOP853 at rtol = atol = 1e-9, whose own error tests/test_gmm.py bounds 10x below the best
@@ -14,9 +14,12 @@ error against the exact endpoint of the same x_T: a sampler's discretisation err
 error at all. Stochastic samplers (DDPM, DDIM eta > 0) do not approximate that map: no path error.
 
 The endpoints depend on the first timestep (DDIM's uniform spacing starts 10 steps at t = 900,
-100 steps at t = 990), so one set is solved per distinct first timestep among the grid's
-deterministic points, for the first `path_n` seeds, once (the exact-map stage) and cached in
-`build/<preset>/exact/<dataset>/endpoints.npz`.
+100 steps at t = 990), so one set is solved per distinct first timestep among the grid's points,
+for the first `path_n` seeds, once (the exact-map stage) and cached in
+`build/<preset>/exact/<dataset>/endpoints.npz`. Every point's first timestep counts, stochastic
+ones too (they share their steps and spacings with deterministic rows, so this costs nothing in
+practice): the stage then depends on the grid's steps and spacings only, never on the sampler
+registry, and registering a sampler does not redo it.
 
 path_rms = sqrt(mean over images and values of (x_0 - x_0*)^2) in the model's units (images in
 [-1, 1]), from the sampler's float output before any uint8 rounding; its 95% interval is the
@@ -36,7 +39,7 @@ import torch
 
 from pipeline.util import files, provenance
 
-from pipeline.core import intervals, samplers, spacing
+from pipeline.core import intervals, spacing
 from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
 from pipeline.util.errors import SampleError
 
@@ -44,9 +47,8 @@ ENDPOINTS_VERSION = 1
 
 
 def starts(points: Sequence[GridPoint], T: int) -> list[int]:
-    """The distinct first timesteps of the deterministic points, ascending."""
-    return sorted({spacing.indices(T, p.steps, p.spacing)[0] for p in points
-                   if not samplers.is_stochastic(p.sampler, dict(p.options))})
+    """The distinct first timesteps of the points, ascending."""
+    return spacing.first_timesteps(T, points)
 
 
 def run(cfg: SampleConfig, points: Sequence[GridPoint], diffusion: DiffusionConfig, data_dir, out_path) -> dict:
@@ -55,7 +57,7 @@ def run(cfg: SampleConfig, points: Sequence[GridPoint], diffusion: DiffusionConf
     many) -> out_path (npz)."""
     from pipeline.stages import data
     from pipeline.core import gaussian, gmm
-    from pipeline.stages.sample import initial_noise
+    from pipeline.core.latents import initial_noise
 
     data_dir, out_path = Path(data_dir), Path(out_path)
     manifest = data.load_prepared(data_dir, verify=False).manifest
@@ -112,11 +114,13 @@ def load(path) -> Endpoints:
     return Endpoints(seeds=seeds, by_start=by_start, sha256=files.sha256_file(path))
 
 
-def path_error(x_0: torch.Tensor, endpoints: Endpoints, point: GridPoint, seeds: Sequence[int], T: int) -> dict:
+def path_error(x_0: torch.Tensor, endpoints: Endpoints, point: GridPoint, seeds: Sequence[int], T: int, *,
+               stochastic: bool) -> dict:
     """Record fields: path_rms with its jackknife interval against the exact endpoint of the same x_T
-    (deterministic points), or nulls with the reason (stochastic points)."""
+    (deterministic points), or nulls with the reason (stochastic points: `stochastic`, which the
+    sample stage reads from the sampler registry)."""
     none = {"path_rms": None, "path_rms_lo": None, "path_rms_hi": None, "path_rms_blocks": None, "path_n": None}
-    if samplers.is_stochastic(point.sampler, dict(point.options)):
+    if stochastic:
         return {**none, "path_rms_note": "stochastic sampler: its endpoint is not the probability-flow map of x_T"}
     t = spacing.indices(T, point.steps, point.spacing)[0]
     m = min(len(seeds), len(endpoints.seeds))  # the first images, which the endpoints were solved for

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from pipeline.util import console, files, provenance
 
 from pipeline.core import images, samplers
+from pipeline.core.latents import initial_noise  # noqa: F401  (the stage's x_T; tests import it from here)
 from pipeline.config import DiffusionConfig, GridPoint, SampleConfig
 from pipeline.util.errors import SampleError
 from pipeline.core.samplers import NonFiniteError
@@ -65,17 +66,6 @@ class CountingEps:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.eps_fn(x, t)
-
-
-def initial_noise(seeds, shape, device: str = "cpu") -> tuple[torch.Tensor, list[torch.Generator]]:
-    """x_T [B, *shape] float32 on `device` and the per-image CPU generators that drew it.
-
-    Image b: `torch.Generator().manual_seed(seeds[b])`, x_T[b] = randn(shape) from it, on the CPU,
-    so a CPU and a GPU run start from the same x_T. The generators carry on into the sampler's noise.
-    """
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
-    x = torch.stack([torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in gens])
-    return x.to(device), gens
 
 
 # ---------------------------------------------------------------------------- the eps model
@@ -414,7 +404,8 @@ def run_many(
         if endpoints is not None:
             from pipeline.stages import exact_map
 
-            record.update(exact_map.path_error(x, endpoints, point, seeds, diffusion.T))
+            record.update(exact_map.path_error(x, endpoints, point, seeds, diffusion.T,
+                                                stochastic=samplers.is_stochastic(point.sampler, dict(point.options))))
         out_dir = Path(out_dir)
         files.write_bytes(out_dir / "samples.npz", buf.getvalue())
         files.write_bytes(out_dir / "grid.png", grid)
