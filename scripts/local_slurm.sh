@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A one-node SLURM cluster on this machine, to try profiles/slurm/ without a cluster and to
+# A one-node SLURM cluster on the local host, to try profiles/slurm/ without a cluster and to
 # test the Snakemake executor plugin against real SLURM daemons (tests/test_slurm.py).
 # Needs root and Debian/Ubuntu apt (Debian 12: SLURM 22.05, MariaDB 10.11).
 #
@@ -17,7 +17,7 @@
 # (snakemake-executor-plugin-slurm-jobstep 0.6) drops every SLURM_* variable but the job's
 # identity before it calls `srun` inside the job. `up` refuses to replace a system slurm.conf.
 #
-# The cluster: one node (this machine's short name, all its CPUs, 90% of its memory, no GPU) in
+# The cluster: one node (the host's short name, all its CPUs, 90% of its memory, no GPU) in
 # one partition, `local`. Daemons: munged (authentication), mariadbd + slurmdbd (accounting:
 # without slurmdbd, SLURM 22.05's `sacct` answers only "Slurm accounting storage is disabled";
 # with it, sacct lists each job with its Snakemake rule, which the plugin puts in the job

@@ -19,7 +19,7 @@ from pipeline.config import ConfigError
 REPO = Path(__file__).resolve().parents[1]
 
 
-SHIPPED = "models/mnist-cpu/unet.safetensors"  # the one checkpoint git holds (issue 12)
+SHIPPED = "models/mnist-cpu/unet.safetensors"  # the shipped model, in git
 
 
 def git_files(repo_root: Path = REPO) -> set:

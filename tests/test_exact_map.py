@@ -1,6 +1,6 @@
 """Data sets with an exact score at image dimension: the `gmm` source, the exact-map stage (exact
 probability-flow endpoints of the fixed latents) and the pathwise error every deterministic grid
-point reports beside its FID (issue 11)."""
+point reports beside its FID."""
 from __future__ import annotations
 
 import json

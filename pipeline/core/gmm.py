@@ -1,5 +1,5 @@
 """An exact-score Gaussian mixture fitted to image data: its noise prediction at every noise level,
-its exact probability-flow endpoint and exact samples (issue 11).
+its exact probability-flow endpoint and exact samples.
 
 The forward process q(x_t | x_0) = N(sqrt(a) x_0, (1 - a) I), a = alpha_bar, maps a component
 N(m_k, S_k) to N(sqrt(a) m_k, a S_k + (1 - a) I), so p_t is again a mixture and

@@ -157,7 +157,7 @@ def curve_figure(g: pd.DataFrame, name: str, stem: Path) -> list[Path]:
 
 def model_quality_figure(g: pd.DataFrame, stem: Path) -> list[Path]:
     """FID against the model's training steps, one line per grid point (sampler setting and steps):
-    how each sampler's quality moves as the same network trains longer (issue 12's model-quality axis;
+    how each sampler's quality moves as the same network trains longer (the model-quality axis;
     the practitioner's claim that stochastic sampling forgives model error and deterministic does not)."""
     d = g.copy()
     opts = d["options"] if "options" in d else [None] * len(d)

@@ -51,7 +51,7 @@ STANDARD_FID_WEIGHTS_SHA256_PREFIXES = {"6726825d": "torch-fidelity's weights-in
 # C-contiguous) in the original order (data_batch_1 .. data_batch_5, each row of a batch's
 # `data` reshaped to [3, 32, 32] and transposed to [32, 32, 3]), as the fid record's
 # `ref_content_sha256` states it for the images its reference statistics were computed from.
-# Not known on this machine (the original batches are not available whole, see
+# Not known here (the original batches are not available whole, see
 # shared/data/README.md), so None: no reference set is recognised as the papers' until the
 # value is filled in from the original files. It can only ever match the exact set.
 CIFAR10_TRAIN_NHWC_SHA256: Optional[str] = None

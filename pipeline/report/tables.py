@@ -332,7 +332,7 @@ def training_table(g: pd.DataFrame) -> pd.DataFrame:
     """One model_quality_groups group as a table: a row per grid point (sampler setting, steps), a column
     per model (its training steps) with FID [interval], and the change from the second-last to the last
     model, paired over the same seeds (delete-a-block jackknife, `intervals.paired_difference`), read as
-    TRAINING_VERDICTS: issue 12's stopping rule ("until the best sampler stops improving beyond its
+    TRAINING_VERDICTS: the stopping rule ("until the best sampler stops improving beyond its
     interval between checkpoints") made explicit for every sampler."""
     steps_trained = sorted(int(s) for s in g["model_train_steps"].unique())
     rows = []

@@ -141,7 +141,7 @@ def _read_mnist(ds: DatasetConfig):
     raw = root / "MNIST" / "raw"
     expected_gz = [(name, md5) for name, md5 in MNIST.resources]
     fix = (f"point datasets.{ds.name}.root at the folder that holds MNIST/raw/ with {[n for n, _ in expected_gz]} "
-           "(torchvision layout; on this machine ../shared/data has them), or set data.download: true")
+           "(torchvision layout; ../shared/data holds an offline copy where it exists), or set data.download: true")
     if root.name == "MNIST" and (root / "raw").is_dir():
         fix += f"; note: datasets.{ds.name}.root should be the parent of MNIST/ ({root.parent}), not {root}"
 
@@ -197,7 +197,7 @@ def _read_cifar10(ds: DatasetConfig):
     expected.append((CIFAR10.meta["filename"], CIFAR10.meta["md5"]))
     fix = (f"point datasets.{ds.name}.root at the folder that holds {CIFAR10.base_folder}/ with {[n for n, _ in expected]} "
            "(the python version, torchvision layout), or set data.download: true. "
-           "The shared copy on this machine is not in that layout: use source 'npz' with "
+           "The ../shared/data copy is not in that layout: use source 'npz' with "
            "../shared/data/cifar10/cifar10_exact_subset.npz or 'image-folder' with "
            "../shared/data/cifar10/cifar10-jpeg-q75.tar.xz")
     missing = [n for n, _ in expected if not (folder / n).is_file()]

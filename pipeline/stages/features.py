@@ -197,7 +197,7 @@ def inception_weights(weights: Optional[str]) -> Path:
         raise FIDError(
             f"fid.inception_weights is unset and torch-fidelity's Inception weights could not be downloaded "
             f"from {URL_INCEPTION_V3} ({type(e).__name__}: {e}). Provide them offline: set fid.inception_weights "
-            "to a torch-fidelity state dict (on this machine ../shared/data/fid/"
+            "to a torch-fidelity state dict (an offline copy: ../shared/data/fid/"
             "weights-inception-2015-12-05-6726825d-converted.pth), or copy torch-fidelity's file to "
             f"{dst}, or convert an EDM/StyleGAN2-ADA `inception-2015-12-05.pt` with "
             "`python -m pipeline convert-inception inception-2015-12-05.pt --out weights.pth`"
