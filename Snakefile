@@ -338,8 +338,8 @@ onsuccess:
     # Keep DVC in step: record what Snakemake just built in dvc.lock, so that a
     # following `dvc repro` finds nothing to redo (only when dvc.yaml describes
     # this same preset and the folder is a DVC project).
-    import os, subprocess
-    if os.path.isdir(".dvc") and os.path.exists("dvc.yaml"):
+    import os, shutil, subprocess
+    if os.path.isdir(".dvc") and os.path.exists("dvc.yaml") and shutil.which("dvc"):
         with open("dvc.yaml") as f:
             head = f.readline() + f.readline()
         if f"(preset: {CFG.preset})" in head:

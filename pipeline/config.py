@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -560,6 +561,43 @@ def _dvc_file(path: str, base_dir: Path) -> Optional[Path]:
     return None
 
 
+def _values_per_image(ds: DatasetConfig, fit_to: Optional[DatasetConfig]) -> Optional[int]:
+    """C x H x W of a data set's images where the configuration alone tells (None: known only once
+    the data are prepared, e.g. an npz or an image folder)."""
+    if ds.source == "gmm" and fit_to is not None:
+        return _values_per_image(fit_to, None)
+    if ds.source in MNIST_SOURCES:
+        return 32 * 32 if ds.pad_to_32 else 28 * 28
+    if ds.source == "cifar10":
+        return 3 * 32 * 32
+    if ds.source == "gaussian":
+        return int(math.prod(ds.shape))
+    return None
+
+
+def _memory_bytes() -> Optional[int]:
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_size(name: str, ds: DatasetConfig, fit_to, sample: "SampleConfig", points) -> None:
+    """Refuse, before any job, a grid point whose images cannot fit in memory: the sample stage
+    holds a point's N images as float32 (4 bytes a value) before it writes them."""
+    dim, memory = _values_per_image(ds, fit_to), _memory_bytes()
+    if dim is None or memory is None:
+        return
+    n = max(sample.n_for(p.steps) for p in points)
+    need = n * dim * 4
+    if need > memory:
+        key = "sample.n_images_by_steps" if n != sample.n_images else "sample.n_images"
+        raise ConfigError(f"{key}: {n:,} images of {dim:,} values (dataset {name}) need {need / 2**30:,.1f} GiB of "
+                          f"memory for one grid point, more than the {memory / 2**30:.1f} GiB here; lower {key}")
+
+
 def _check_dataset(ds: DatasetConfig, base_dir: Path) -> None:
     key = f"datasets.{ds.name}"
     if ds.source in ROOT_SOURCES:
@@ -650,6 +688,7 @@ def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: 
         )
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")
+        _check_size(name, ds, fit_to, runs[name].sample, runs[name].points)
         base = runs.get(ds.data_of) if ds.data_of else None
         for section in ("classifier", "fid"):  # what the shared classifier and reference statistics were made with
             if base is not None and getattr(runs[name], section) != getattr(base, section):

@@ -469,6 +469,10 @@ def reconcile_with_dvc(cfg: Config, job_list: list, root: Path = Path(".")) -> i
         return 0
     if f"(preset: {cfg.preset})" not in dvc_yaml.read_text().split("\n", 1)[0]:
         return 0
+    import shutil
+
+    if shutil.which("dvc") is None:  # Snakemake alone, without DVC installed: nothing to reconcile
+        return 0
     r = subprocess.run(["dvc", "status", "--json"], cwd=root, capture_output=True, text=True)
     if r.returncode != 0:
         return 0

@@ -225,6 +225,13 @@ def test_committed_dvc_yaml_is_generated_from_params(repo_root):
         "dvc.yaml is stale: run `python -m pipeline dvc-yaml`"
 
 
+def test_a_grid_point_too_large_for_memory_is_refused_before_compute(params):
+    params["sample"]["n_images"] = 10**12
+    with pytest.raises(ConfigError, match=r"^sample.n_images: 1,000,000,000,000 images of 784 values \(dataset "
+                                          r"mnist-embedded\) need [0-9,.]+ GiB of memory for one grid point, more than"):
+        load(params)
+
+
 # What the presets' docs say they run (README, docs/design.md and each preset file's header):
 # run.job_per and run.heavy_threads, and the steps of their grids.
 DOCUMENTED = {

@@ -48,3 +48,4 @@ def test_the_top_of_pipeline_holds_only_the_layers_and_the_wiring():
     top = sorted(p.name for p in (REPO / "pipeline").iterdir() if p.name != "__pycache__")
     assert top == ["__init__.py", "__main__.py", "bench", "cli.py", "config.py", "core", "dag.py",
                    "params.schema.yaml", "report", "stages", "util"]
+

@@ -261,6 +261,19 @@ def test_deleted_outputs_are_remade(built, tmp_path):
     assert {"sample", "fid"} <= {stage_of(r) for r in planned_jobs(root)}
 
 
+def test_snakemake_runs_without_dvc_on_the_path(built, tmp_path):
+    """Snakemake alone (DVC not installed) plans and checks a finished run; reconciling with DVC
+    is skipped, not a FileNotFoundError."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("snakemake", "python", "python3"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or sys.executable)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "DDBENCH_QUIET": "1", "PYTHONPATH": str(built)}
+    assert shutil.which("dvc", path=env["PATH"]) is None
+    r = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=built, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and "FileNotFoundError" not in r.stderr, r.stderr[-3000:]
+
+
 def test_dvc_repro_then_snakemake_finds_nothing_even_after_checkout(tmp_path):
     root = make_project(tmp_path / "proj")
     sh(["dvc", "repro"], root)

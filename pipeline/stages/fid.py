@@ -346,8 +346,7 @@ def load_stats(stats_path: str | Path) -> tuple[dict, dict]:
     if missing:
         raise FIDError(f"--stats: {missing} missing; run the ref-stats stage first "
                        "(reference statistics are computed once per dataset and feature space)")
-    with np.load(stats_path, allow_pickle=False) as z:
-        stats = {k: z[k] for k in z.keys()}
+    stats = files.load_npz(stats_path, error=FIDError, fix="delete it and rerun the ref-stats stage")
     return stats, files.read_json(side)
 
 
@@ -360,12 +359,12 @@ def _load_samples(samples_path: Path, key: str = "samples") -> tuple[np.ndarray,
     samples_float: a mixture's float samples where stored, else `samples`."""
     if not Path(samples_path).is_file():
         raise FIDError(f"--samples: {samples_path} does not exist; run the sample stage first")
-    with np.load(samples_path, allow_pickle=False) as z:
-        if key not in z:
-            key = "samples"
-        if "samples" not in z:
-            raise FIDError(f"--samples: {samples_path} has no 'samples' array (keys {list(z.keys())})")
-        return z[key], (z["seeds"] if "seeds" in z else None)
+    z = files.load_npz(samples_path, error=FIDError, fix="delete it and rerun the sample stage of this point")
+    if key not in z:
+        key = "samples"
+    if "samples" not in z:
+        raise FIDError(f"--samples: {samples_path} has no 'samples' array (keys {list(z.keys())})")
+    return z[key], z.get("seeds")
 
 
 def _seeds_text(seeds: Optional[np.ndarray]) -> Optional[str]:

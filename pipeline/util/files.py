@@ -7,6 +7,7 @@ is flushed, and is renamed over the target (rename is atomic on POSIX).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -46,11 +47,35 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        from pipeline.util.errors import DDBenchError
+
+        raise DDBenchError(f"{path}: no space left on its disk to write {len(data):,} bytes; free space there or "
+                           "set run.build_dir (and run.results_dir) to a larger disk, then rerun") from None
+
+
+def load_npz(path: str | os.PathLike, *, error: type, fix: str) -> dict:
+    """Every array of an .npz file; a missing, truncated or corrupt file raises `error` naming the
+    file and `fix` (what remakes it), never a raw zipfile or numpy traceback."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise error(f"{path}: does not exist; {fix}") from None
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+        raise error(f"{path}: not a readable .npz file (truncated or corrupt: {type(e).__name__}); {fix}") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

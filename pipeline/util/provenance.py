@@ -8,6 +8,18 @@ import platform
 from datetime import datetime, timezone
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo, e.g. "AMD EPYC"), None where it is not known."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return None
+
+
 def fingerprint(device: str | None = None) -> dict:
     """Hardware and software versions, stored beside every number."""
     import numpy
@@ -18,6 +30,7 @@ def fingerprint(device: str | None = None) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
@@ -34,7 +47,8 @@ def fingerprint(device: str | None = None) -> dict:
             info["device_name"] = torch.cuda.get_device_name(torch.device(device))
             info["cuda"] = torch.version.cuda
         else:
-            info["device_name"] = f"CPU ({info['cpu']}, {info['cpu_count']} cores)"
+            model = f"{info['cpu_model']}, " if info["cpu_model"] else ""
+            info["device_name"] = f"CPU ({model}{info['cpu']}, {info['cpu_count']} cores)"
     return info
 
 
