@@ -27,11 +27,9 @@ CFG = ddconfig.load("params.yaml", preset=config.get("preset"))
 P = dag.paths(CFG)
 PRE = f"python -m pipeline --preset {CFG.preset}"
 JOBS = dag.jobs(CFG)
-
-# After `dvc repro` / `dvc checkout` / `dvc pull`, outputs DVC vouches for get file times
-# in DAG order, so the two engines never redo each other's finished work.
-if workflow.is_main_process and not workflow.touch:
-    dag.reconcile_with_dvc(CFG, JOBS)
+# Reading this file changes nothing on disk (a dry run included). After `dvc repro`,
+# `dvc checkout` or `dvc pull`, `python -m pipeline reconcile` gives the outputs DVC vouches for
+# file times in DAG order, so that Snakemake does not redo DVC's finished work.
 
 
 CODE = {stage: dag.code_version(stage) for stage in dag.STAGE_ENTRY}

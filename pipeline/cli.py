@@ -233,6 +233,14 @@ def cmd_dvc_yaml(cfg: Config, a) -> None:
     print(f"dvc-yaml: {len(dag.jobs(cfg))} stages (preset {cfg.preset}) -> {a.out}")
 
 
+def cmd_reconcile(cfg: Config, a) -> None:
+    from pipeline import dag
+
+    jobs = dag.jobs(cfg)
+    n = dag.reconcile_with_dvc(cfg, jobs)
+    print(f"reconcile: {n} of {len(jobs)} jobs have outputs DVC vouches for (file times set in DAG order)")
+
+
 def cmd_preset(cfg: Config, a, params_path: Path) -> None:
     """Switch both engines: set `preset:` in params.yaml (comments kept) and regenerate dvc.yaml."""
     from pipeline import config, dag
@@ -316,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("validate", help="Validate the configuration and print the grid.")
     s.add_argument("--points", action="store_true", help="list every grid point")
+    sub.add_parser("reconcile", help="After dvc repro, checkout or pull: give the outputs DVC vouches for "
+                   "file times in DAG order, so that Snakemake finds nothing to redo (prints how many jobs).")
     s = sub.add_parser("dvc-yaml", help="Write dvc.yaml generated from the configuration.")
     s.add_argument("--out", default="dvc.yaml")
     s = sub.add_parser("preset", help="Switch the preset for both engines: edit `preset:` in params.yaml and regenerate dvc.yaml.")
@@ -347,7 +357,7 @@ def main(argv=None) -> int:
         handler = {
             "prepare-data": cmd_prepare_data, "train": cmd_train, "train-classifier": cmd_train_classifier,
             "ref-stats": cmd_ref_stats, "exact-map": cmd_exact_map, "sample": cmd_sample, "fid": cmd_fid, "aggregate": cmd_aggregate,
-            "figures": cmd_figures, "validate": cmd_validate, "dvc-yaml": cmd_dvc_yaml,
+            "figures": cmd_figures, "validate": cmd_validate, "dvc-yaml": cmd_dvc_yaml, "reconcile": cmd_reconcile,
         }[a.command]
         handler(cfg, a)
         if a.command in STAGES:
