@@ -14,7 +14,7 @@
 #                                                      SNAPSHOT_DIR=build/snapshot-train)
 #   $SNAPSHOT_DIR/PRESET/models/DATASET/snapshots/step-STEP/   unet.safetensors, unet.json, loss.csv
 #   $SNAPSHOT_DIR/PRESET/resume/DATASET/               the resume state: put a saved state here
-#                                                      (e.g. models/mnist-cpu/training-state/*)
+#                                                      (a state-*.safetensors + state.json pair)
 #                                                      to train on from it
 #   $SNAPSHOT_DIR/PRESET/logs/                         the stages' logs
 # DATA=dir uses an already prepared data set (default: build/PRESET/data/DATASET, prepared
