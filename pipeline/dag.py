@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.stages.features import feature_space as space  # the registry says which jobs a space needs
 
 # The module each stage's CLI handler hands its work to; everything it imports follows.
 STAGE_ENTRY = {
@@ -75,10 +76,12 @@ def _is_package(module: str) -> bool:
     return f is not None and f.name == "__init__.py"
 
 
-# Modules whose imports of the numerical core only validate the configuration (the sampler and
-# spacing registries' names and options, the U-Net presets): a stage depends on a core module
-# only when its own code imports it, so registering a sampler reruns only the stages that run one.
-VALIDATION_ONLY = {"pipeline.config": "pipeline.core"}
+# Modules whose imports of a registry only read it (config validation: the names and options of
+# the sampler, spacing and feature-space registries, the U-Net presets; the DAG: which jobs a
+# feature space needs): a stage depends on a registry only when its own code imports it, so
+# registering a sampler or a feature space reruns only the stages that run one.
+VALIDATION_ONLY = {"pipeline.config": ("pipeline.core", "pipeline.stages.features"),
+                   "pipeline.dag": ("pipeline.stages.features",)}
 
 
 def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset()) -> set:
@@ -100,7 +103,7 @@ def _closure(roots: set, *, lazy: bool = False, loaded: frozenset = frozenset())
             tree = ast.parse(_module_file(m).read_text())
             found = _imports(tree, m, lazy=lazy)
             if m in VALIDATION_ONLY:
-                found = {f for f in found if not (f + ".").startswith(VALIDATION_ONLY[m] + ".")}
+                found = {f for f in found if not any((f + ".").startswith(v + ".") for v in VALIDATION_ONLY[m])}
             todo += sorted(found - _imports(tree, m) if m in loaded else found)
     return seen
 
@@ -160,6 +163,40 @@ class Job:
     outs_nocache: list = field(default_factory=list)  # small outputs kept in git
     metrics: list = field(default_factory=list)  # JSON metrics, kept in git
     params: list = field(default_factory=list)  # dotted params.yaml keys
+    dataset: str | None = None  # the data set it belongs to (None: aggregate, figures)
+    exact: bool = False  # a job of an exact-score data set (gaussian, gmm)
+
+    @property
+    def rule(self) -> str:
+        """Its Snakemake rule name (an identifier): the DVC stage name with '-' as '_'."""
+        return self.name.replace("-", "_")
+
+    @property
+    def log(self) -> str:
+        """The log file its command writes (every command ends with `--log <file>`)."""
+        return re.search(r" --log (\S+)$", self.cmd).group(1)
+
+
+# How Snakemake schedules a stage's jobs (DVC runs one at a time and ignores these).
+# The heavy stages take run.heavy_threads threads; the others one.
+HEAVY_STAGES = ("train", "train-classifier", "exact-map")
+# Stages whose jobs hold the accelerator (Snakemake resource `gpu`: `--resources gpu=1` on a
+# one-GPU machine runs them one at a time).
+ACCELERATOR_STAGES = ("train", "train-classifier", "ref-stats", "sample", "fid")
+
+
+def priority(stage: str, exact: bool = False) -> int:
+    """Snakemake priority of a stage's jobs: start the long chains first, so that on few cores the
+    short jobs fill the gaps instead of delaying them (measured on the embedded default: without
+    priorities the gmm chain, or the train job, waited minutes behind classifier and Gaussian
+    jobs): prepare-data 3, then exact-map and train 2, everything else 0, except that with
+    `run.job_per: dataset` an exact data set's (gaussian, gmm) sample and fid jobs get 1: they
+    follow the exact-map, the longest chain. (With `point`, one sample rule serves every data set.)"""
+    if stage == "prepare-data":
+        return 3
+    if stage in ("exact-map", "train"):
+        return 2
+    return 1 if exact and stage in ("sample", "fid") else 0
 
 
 def stage_name(*parts: str) -> str:
@@ -197,6 +234,13 @@ def paths(cfg: Config) -> dict:
         "records": f"{r}/records.jsonl",
         "figures": f"{r}/figures",
         "logs": f"logs/{cfg.preset}",
+        # each stage's log (a data set's sample and fid jobs with run.job_per: dataset: point `all`)
+        **{f"log:{stage}": f"logs/{cfg.preset}/{stage}/{tail}.log" for stage, tail in (
+            ("prepare-data", "{dataset}"), ("train", "{dataset}"), ("train-classifier", "{dataset}"),
+            ("ref-stats", "{dataset}-{features}"), ("exact-map", "{dataset}"), ("sample", "{dataset}/{point}"),
+            ("fid", "{dataset}/{point}-{features}"))},
+        "log:aggregate": f"logs/{cfg.preset}/aggregate.log",
+        "log:figures": f"logs/{cfg.preset}/figures.log",
     }
 
 
@@ -290,43 +334,43 @@ def jobs(cfg: Config) -> list:
         if own_data:
             out.append(Job(
                 "prepare-data", stage_name("prepare-data", ds),
-                f"{pre} prepare-data --dataset {ds} --out {fd('data')} --log {P['logs']}/prepare-data/{ds}.log",
-                outs=data_outs, params=params_keys(cfg, "prepare-data", ds),
+                f"{pre} prepare-data --dataset {ds} --out {fd('data')} --log {f('log:prepare-data')}",
+                outs=data_outs, dataset=ds, exact=exact, params=params_keys(cfg, "prepare-data", ds),
             ))
         if not exact:
             out.append(Job(
                 "train", stage_name("train", ds),
-                f"{pre} train --dataset {ds} --data {fd('data')} --out {f('models')} --log {P['logs']}/train/{ds}.log",
+                f"{pre} train --dataset {ds} --data {fd('data')} --out {f('models')} --log {f('log:train')}",
                 deps=[fd("images"), fd("manifest")] + model_files(cfg, ds),
                 outs=[f("unet"), f("unet_json"), f("loss_csv"), f("loss_png")],
-                params=params_keys(cfg, "train", ds),
+                dataset=ds, exact=exact, params=params_keys(cfg, "train", ds),
             ))
         # feature spaces with a classifier / reference statistics, made once by the entry that owns the data
-        image_spaces = [feat for feat in run.features if feat != "exact"] if own_data else []
-        if "classifier" in image_spaces:
+        image_spaces = [feat for feat in run.features if space(feat).layer is not None] if own_data else []
+        if any(space(feat).own_classifier for feat in image_spaces):
             out.append(Job(
                 "train-classifier", stage_name("train-classifier", ds),
-                f"{pre} train-classifier --dataset {ds} --data {fd('data')} --out {fd('classifier')} --log {P['logs']}/train-classifier/{ds}.log",
+                f"{pre} train-classifier --dataset {ds} --data {fd('data')} --out {fd('classifier')} --log {f('log:train-classifier')}",
                 deps=[fd("images"), fd("manifest")], outs=[fd("classifier"), fd("classifier_json")],
-                params=params_keys(cfg, "train-classifier", ds),
+                dataset=ds, exact=exact, params=params_keys(cfg, "train-classifier", ds),
             ))
         for feat in image_spaces:
-            clf = feat == "classifier"
+            clf = space(feat).own_classifier
             out.append(Job(
                 "ref-stats", stage_name("ref-stats", ds, feat),
                 f"{pre} ref-stats --dataset {ds} --features {feat} --data {fd('data')}"
                 + (f" --classifier {fd('classifier')}" if clf else "")
-                + f" --out {fd('stats', features=feat)} --log {P['logs']}/ref-stats/{ds}-{feat}.log",
+                + f" --out {fd('stats', features=feat)} --log {f('log:ref-stats', features=feat)}",
                 deps=[fd("images"), fd("manifest")] + ([fd("classifier"), fd("classifier_json")] if clf else []),
                 outs=[fd("stats", features=feat), fd("stats_json", features=feat)],
-                params=params_keys(cfg, "ref-stats", ds),
+                dataset=ds, exact=exact, params=params_keys(cfg, "ref-stats", ds),
             ))
         if exact:
             out.append(Job(
                 "exact-map", stage_name("exact-map", ds),
-                f"{pre} exact-map --dataset {ds} --data {fd('data')} --out {f('endpoints')} --log {P['logs']}/exact-map/{ds}.log",
+                f"{pre} exact-map --dataset {ds} --data {fd('data')} --out {f('endpoints')} --log {f('log:exact-map')}",
                 deps=data_outs, outs=[f("endpoints"), f("endpoints_json")],
-                params=params_keys(cfg, "exact-map", ds),
+                dataset=ds, exact=exact, params=params_keys(cfg, "exact-map", ds),
             ))
         # run.job_per: one sample/fid job per grid point, or one per data set looping over its grid
         model_deps = ([f("mixture"), f("mixture_json")] if gmm else []) + ([f("endpoints")] if exact else []) \
@@ -339,30 +383,30 @@ def jobs(cfg: Config) -> list:
                 "sample", stage_name("sample", ds, *tag),
                 f"{pre} sample --dataset {ds}{point_args} --data {fd('data')}"
                 + (f" --exact-map {f('endpoints')}" if exact else f" --model {f('unet')}")
-                + f" --out {f('runs')} --log {P['logs']}/sample/{ds}/{'-'.join(tag) or 'all'}.log",
+                + f" --out {f('runs')} --log {f('log:sample', point='-'.join(tag) or 'all')}",
                 deps=[fd("manifest")] + model_deps,
                 outs=[f(k, point=pt) for pt in pts for k in ("samples", "grid", "record")],
-                params=params_keys(cfg, "sample", ds),
+                dataset=ds, exact=exact, params=params_keys(cfg, "sample", ds),
             ))
             for feat in run.features:
-                clf = feat == "classifier"
-                stats = [] if feat == "exact" else [fd("stats", features=feat)]
+                clf, closed = space(feat).own_classifier, space(feat).closed_form is not None
+                stats = [] if closed else [fd("stats", features=feat)]
                 out.append(Job(
                     "fid", stage_name("fid", ds, *tag, feat),
                     f"{pre} fid --dataset {ds}{point_args} --features {feat} --data {fd('data')}"
                     + f" --runs {f('runs')}"
                     + (f" --stats {fd('stats', features=feat)}" if stats else "")
                     + (f" --classifier {fd('classifier')}" if clf else "")
-                    + f" --log {P['logs']}/fid/{ds}/{'-'.join(tag) or 'all'}-{feat}.log",
+                    + f" --log {f('log:fid', point='-'.join(tag) or 'all', features=feat)}",
                     deps=[fd("manifest")] + [f("samples", point=pt) for pt in pts] + stats
-                    + ([fd("classifier")] if clf else []) + ([f("mixture")] if gmm and feat == "exact" else []),
+                    + ([fd("classifier")] if clf else []) + ([f("mixture")] if gmm and closed else []),
                     outs=[f("fid", point=pt, features=feat) for pt in pts],
-                    params=params_keys(cfg, "fid", ds),
+                    dataset=ds, exact=exact, params=params_keys(cfg, "fid", ds),
                 ))
     records = [p for j in out if j.stage in ("sample", "fid") for p in j.outs if p.endswith(".json")]
     out.append(Job(
         "aggregate", "aggregate",
-        f"{pre} aggregate --out {cfg.results_dir} --log {P['logs']}/aggregate.log",
+        f"{pre} aggregate --out {cfg.results_dir} --log {P['log:aggregate']}",
         deps=records, outs_nocache=[P["tables"], P["records"]], metrics=[P["metrics"]],
         params=params_keys(cfg, "aggregate"),
     ))
@@ -370,7 +414,7 @@ def jobs(cfg: Config) -> list:
     mosaic += [_p(P["endpoints"], dataset=ds) for ds, run in cfg.runs.items() if run.dataset.source == "gmm"]
     out.append(Job(
         "figures", "figures",
-        f"{pre} figures --out {P['figures']} --log {P['logs']}/figures.log",
+        f"{pre} figures --out {P['figures']} --log {P['log:figures']}",
         deps=[P["tables"]] + mosaic, outs_nocache=[P["figures"]],
         params=params_keys(cfg, "figures"),
     ))

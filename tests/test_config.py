@@ -614,8 +614,34 @@ def test_schema_enums_are_the_registries():
         assert s["$defs"][name]["enum"] == list(registry)
     # written out in the schema because these registries import torch: they must agree
     assert section_node("datasets")["properties"]["source"]["enum"] == list(data.SOURCES)
-    features = section_node("fid")["properties"]["features"]["items"]["enum"]
-    assert set(features) == set(fid.FEATURE_SPACES) - set(config.FEATURES_GAUSSIAN)
+    assert "enum" not in raw["properties"]["fid"]["properties"]["features"]["items"]
+    assert s["properties"]["fid"]["properties"]["features"]["items"]["enum"] == ["inception", "classifier"]
+
+
+def test_registering_a_feature_space_is_the_one_edit_that_makes_it_usable(params, monkeypatch):
+    """One `register` call: the schema allows the name, the DAG gives it reference statistics (and
+    the classifier's training when it reads the data set's own classifier), the Snakefile's
+    wildcards follow the config; editing the registry reruns no stage but ref-stats and fid."""
+    from dataclasses import replace
+
+    from pipeline import dag
+    from pipeline.stages import features
+
+    params["fid"]["features"] = ["dino-test"]
+    with pytest.raises(ConfigError, match=r"fid.features.*'dino-test'"):
+        load(params)
+    monkeypatch.setitem(features.FEATURE_SPACES, "dino-test", replace(
+        features.feature_space("inception"), name="dino-test", extractor="dinov2-vit-b-14", layer="dinov2-vit-b-14",
+        weights=None, dim=768))
+    cfg = load(params)
+    assert cfg.runs["mnist-embedded"].features == ("dino-test",)
+    jobs = dag.jobs(cfg)
+    ref = [j for j in jobs if j.stage == "ref-stats" and j.dataset == "mnist-embedded"]
+    assert [j.name for j in ref] == ["ref-stats-mnist-embedded-dino-test"] and "--classifier" not in ref[0].cmd
+    assert not [j for j in jobs if j.stage == "train-classifier" and j.dataset == "mnist-embedded"]
+    assert any(j.stage == "fid" and "--features dino-test" in j.cmd for j in jobs)
+    registry = "pipeline/stages/features.py"
+    assert [st for st in dag.STAGE_ENTRY if registry in dag.stage_modules(st)] == ["ref-stats", "fid"]
 
 
 def test_a_registered_sampler_is_allowed_by_name(params, new_sampler):
@@ -770,3 +796,4 @@ def test_a_data_of_entry_must_share_the_classifier_and_reference_settings(params
     p["overrides"]["mnist-cpu"][section] = value
     with pytest.raises(ConfigError, match=rf"overrides.mnist-cpu.{section}: must equal mnist-embedded's {section}"):
         config.from_dict(p)
+

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline.stages import classifier, data, features, fid
+from pipeline.stages import classifier, data, feature_inputs, features, fid
 
 from pipeline.util import files
 from pipeline.config import ClassifierConfig, DatasetConfig, FIDConfig, make
@@ -95,7 +95,7 @@ def test_classifier_trained_saved_and_registered(clf_path, images):
 
 
 def test_fid_of_a_set_against_itself_is_zero(images, clf_path):
-    s = features.ImageSet(images[:N_SAMPLES])
+    s = feature_inputs.ImageSet(images[:N_SAMPLES])
     out = fid.calculate_metrics(s, s, feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path,
                                 cuda=False, kid_subsets=10, kid_subset_size=100)
     feats = fid.extract_features(images[:N_SAMPLES], "classifier", clf_path)
@@ -109,7 +109,7 @@ def test_fid_of_a_set_against_itself_is_zero(images, clf_path):
 
 
 def _kid_between(a, b, clf_path) -> tuple[float, float]:
-    out = fid.calculate_metrics(features.ImageSet(a), features.ImageSet(b), feature_extractor=classifier.EXTRACTOR_NAME,
+    out = fid.calculate_metrics(feature_inputs.ImageSet(a), feature_inputs.ImageSet(b), feature_extractor=classifier.EXTRACTOR_NAME,
                                 weights_path=clf_path, cuda=False, fid=False, kid_subsets=20, kid_subset_size=100)
     return out["kid_mean"], out["kid_std"]
 
@@ -165,14 +165,14 @@ def test_stored_stats_agree_with_torch_fidelity_on_the_sets(images, mnist_dir, c
     fid.reference_stats(cfg, "classifier", mnist_dir, clf_path, stats_path)
     rec = fid.evaluate(cfg, "classifier", write_samples(tmp_path / "s.npz", samples), mnist_dir, stats_path,
                        clf_path, tmp_path / "fid.json", "mnist-embedded", "p")
-    direct = fid.calculate_metrics(features.ImageSet(samples), features.ImageSet(images[:N_REF]),
+    direct = fid.calculate_metrics(feature_inputs.ImageSet(samples), feature_inputs.ImageSet(images[:N_REF]),
                                    feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
                                    kid=False)
     assert rec["fid"] == pytest.approx(direct["fid"], rel=1e-4)
     with np.load(stats_path) as z:
         kid_index = z["kid_index"]
     assert len(kid_index) == N_SAMPLES == rec["kid_ref_n"]
-    direct = fid.calculate_metrics(features.ImageSet(samples), features.ImageSet(images[kid_index]),
+    direct = fid.calculate_metrics(feature_inputs.ImageSet(samples), feature_inputs.ImageSet(images[kid_index]),
                                    feature_extractor=classifier.EXTRACTOR_NAME, weights_path=clf_path, cuda=False,
                                    fid=False, kid_subsets=2, kid_subset_size=N_SAMPLES)
     assert rec["kid_mean"] == pytest.approx(direct["kid_mean"], rel=1e-4)
@@ -345,13 +345,13 @@ def test_missing_inception_weights_without_network_is_a_clear_error(monkeypatch,
     msg = str(err.value)
     assert "fid.inception_weights" in msg and "convert-inception" in msg and "could not be downloaded" in msg
     with pytest.raises(fid.FIDError, match="does not exist"):
-        features.inception_weights(str(tmp_path / "nope.pth"))
+        feature_inputs.inception_weights(str(tmp_path / "nope.pth"))
     assert not (tmp_path / "i.npz").exists()
 
 
 @pytest.mark.skipif(not SHARED_WEIGHTS.is_file(), reason="offline FID Inception weights of ../shared/data/fid absent")
 def test_shared_inception_weights_load_through_torch_fidelity(images):
-    feats = fid.extract_features(images[:2], "inception", features.inception_weights(str(SHARED_WEIGHTS)), batch_size=2)
+    feats = fid.extract_features(images[:2], "inception", feature_inputs.inception_weights(str(SHARED_WEIGHTS)), batch_size=2)
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all() and (feats >= 0).all() and feats.max() > 0
     state = torch.load(SHARED_WEIGHTS, weights_only=True)
     assert not state["fc.weight"].any()  # zeroed logits: FID/KID only, no Inception Score

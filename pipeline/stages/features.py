@@ -17,32 +17,63 @@ The spaces, always recorded beside every number:
                 covariance (pixel space, float samples), with jackknife replicates; no reference
                 set, no KID.
 
-Adding a space is one `register(...)` call here and its test: e.g. torch-fidelity's own
-`dinov2-vit-b-14` or `clip-vit-b-32` extractor, `adapt=ImageSet`, the layer from its
+Adding a space is one `register(...)` call here and its test, and nothing else: the schema's
+`fid.features` enum, the DAG's jobs (reference statistics for a space with a layer, the
+classifier's training for a space that reads the data set's own classifier) and the Snakefile's
+wildcards are all derived from this registry. E.g. torch-fidelity's own `dinov2-vit-b-14` or
+`clip-vit-b-32` extractor, `adapt="pipeline.stages.feature_inputs:ImageSet"`, the layer from its
 `get_provided_features_list()`, and `weights=None` to let torch-fidelity fetch its weights.
+
+The callables of an entry may be given by reference ("module:function", resolved on first call),
+as the registered ones are: reading the registry imports neither torch nor torch-fidelity, so
+config validation and the DAG read it for free. Their code lives in `pipeline.stages.feature_inputs`.
 """
 from __future__ import annotations
 
-import http.client
-import os
+import importlib
 from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Callable, Optional
-from urllib.parse import urlparse
+from typing import Callable, Optional, Union
 
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
-from pipeline.stages import classifier
-
-from pipeline.util import console
 from pipeline.util.errors import FIDError
 
 INCEPTION = "inception-v3-compat"
 INCEPTION_LAYER = "2048"
 EXACT_EXTRACTOR = "exact-gaussian-moments"
 DATA_KINDS = ("images", "gaussian", "gmm")  # uint8 images; the gaussian's float samples; a mixture's (images too)
+# pipeline.stages.classifier registers its extractor with torch-fidelity under this name and layer
+# (check_extractor verifies both on first use)
+CLASSIFIER_EXTRACTOR = "ddbench-classifier"
+CLASSIFIER_LAYER = "penultimate"
+
+
+class Lazy:
+    """A callable given as "module:function": imported on its first call, so that an entry of the
+    registry costs nothing to read. `pipeline.dag` follows these references as code dependencies."""
+
+    def __init__(self, ref: str):
+        module, sep, attr = ref.partition(":")
+        if not sep or not module or not attr:
+            raise ValueError(f"feature space: reference {ref!r} must be 'module:function'")
+        self.ref = ref
+        self._fn = None
+
+    def __call__(self, *args, **kwargs):
+        if self._fn is None:
+            module, _, attr = self.ref.partition(":")
+            self._fn = getattr(importlib.import_module(module), attr)
+        return self._fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Lazy({self.ref!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Lazy) and other.ref == self.ref
+
+    def __hash__(self) -> int:
+        return hash(self.ref)
+
+
+Ref = Union[Callable, str]  # a callable, or "module:function" (made a Lazy by register)
 
 
 @dataclass(frozen=True)
@@ -57,19 +88,22 @@ class FeatureSpace:
 
     name: str
     data: tuple  # the kinds of data set it applies to (DATA_KINDS; a single name is accepted)
-    adapt: Callable  # samples as stored in samples.npz -> the extractor's input (a Dataset, or a float tensor)
+    adapt: Ref  # samples as stored in samples.npz -> the extractor's input (a Dataset, or a float tensor)
     comparable_to_papers: bool  # True only where published FIDs were measured the same way
     extractor: str  # recorded as `feature_extractor`; a torch-fidelity registry name when `layer` is set
     layer: Optional[str] = None  # the torch-fidelity feature layer FID and KID use
     dim: Optional[int] = None  # feature dimension; None when the weights or the data set it
-    weights: Optional[Callable] = None  # (FIDConfig, --classifier path) -> the weights file; None: no file needed
+    weights: Optional[Ref] = None  # (FIDConfig, --classifier path) -> the weights file; None: no file needed
     # (adapted samples, manifest, jackknife blocks or None) -> (FD, its block replicates or None,
     #  reference params, reference text)
-    closed_form: Optional[Callable] = None
+    closed_form: Optional[Ref] = None
     description: str = ""
+    # the extractor's weights are the data set's own classifier (the train-classifier stage makes
+    # them, and the fid and ref-stats jobs get `--classifier`)
+    own_classifier: bool = False
     # called before the extractor is first used, e.g. to register a custom torch-fidelity extractor;
     # kept lazy because importing torch-fidelity costs seconds of every job's start-up
-    setup: Optional[Callable[[], None]] = None
+    setup: Optional[Ref] = None
 
 
 FEATURE_SPACES: dict[str, FeatureSpace] = {}
@@ -87,7 +121,9 @@ def register(space: FeatureSpace) -> None:
     kinds = (space.data,) if isinstance(space.data, str) else tuple(space.data)
     if not kinds or any(k not in DATA_KINDS for k in kinds):
         raise ValueError(f"feature space {name!r}: data {space.data!r}; allowed: one or more of {list(DATA_KINDS)}")
-    space = replace(space, data=kinds)
+    lazy = {f: Lazy(v) for f in ("adapt", "weights", "closed_form", "setup")
+            if isinstance(v := getattr(space, f), str)}
+    space = replace(space, data=kinds, **lazy)
     if not callable(space.adapt) or (space.weights is not None and not callable(space.weights)):
         raise ValueError(f"feature space {name!r}: adapt and weights must be callables")
     if not isinstance(space.comparable_to_papers, bool):
@@ -101,6 +137,8 @@ def register(space: FeatureSpace) -> None:
         raise ValueError(f"feature space {name!r}: a closed-form space has no weights")
     if space.setup is not None and not callable(space.setup):
         raise ValueError(f"feature space {name!r}: setup must be a callable")
+    if not isinstance(space.own_classifier, bool) or (space.own_classifier and space.layer is None):
+        raise ValueError(f"feature space {name!r}: own_classifier must be True or False, and True only with a layer")
     FEATURE_SPACES[name] = space
 
 
@@ -135,151 +173,33 @@ def spaces_for(data: str) -> list[str]:
     return [name for name, space in FEATURE_SPACES.items() if data in space.data]
 
 
-# --------------------------------------------------------------------------- input adapters
+def reference_spaces() -> list[str]:
+    """Spaces compared with reference statistics of the data (those with a torch-fidelity layer):
+    the names `fid.features` may list."""
+    return [name for name, space in FEATURE_SPACES.items() if space.layer is not None]
 
 
-class ImageSet(Dataset):
-    """uint8 images [N, C, H, W] (C = 1 or 3) -> bare uint8 [3, H, W] tensors, torch-fidelity's input contract.
-
-    One-channel images (MNIST) are tiled to 3 channels here, at the FID boundary.
-    """
-
-    def __init__(self, images):
-        images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-            raise FIDError(f"FID inputs must be uint8 images [N, 1|3, H, W], got {images.dtype} {tuple(images.shape)}")
-        if len(images) == 0:
-            raise FIDError("FID inputs: the image set is empty")
-        self.images = images.contiguous()
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.images[i]
-        return x.expand(3, -1, -1).contiguous() if x.shape[0] == 1 else x
-
-
-def _float64(samples) -> torch.Tensor:
-    """Float samples [N, *shape] -> float64, so that the moments are exact to rounding."""
-    return torch.as_tensor(samples, dtype=torch.float64)
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def inception_weights(weights: Optional[str]) -> Path:
-    """`fid.inception_weights` -> an existing torch-fidelity weights file, downloading only when unset.
-
-    Unset: the file torch-fidelity itself downloads (its URL, into torch.hub's checkpoint folder,
-    where torch-fidelity's `load_state_dict_from_url` would put it), fetched once here so that its
-    sha256 can enter the stats id. No network and no file: FIDError saying how to provide them.
-    """
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FIDError(
-                f"fid.inception_weights: {str(path)!r} does not exist. Give a torch-fidelity Inception state dict "
-                "(e.g. ../shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth), or convert the "
-                "StyleGAN2-ADA/EDM TorchScript with `python -m pipeline convert-inception inception-2015-12-05.pt "
-                "--out weights.pth`, or set it to null to let torch-fidelity download its own"
-            )
-        return path
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(URL_INCEPTION_V3).path)
-    if dst.is_file():
-        return dst
-    try:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(URL_INCEPTION_V3, str(dst), progress=not console.quiet())
-    except (OSError, http.client.HTTPException) as e:  # URLError, socket errors and timeouts are OSErrors
-        raise FIDError(
-            f"fid.inception_weights is unset and torch-fidelity's Inception weights could not be downloaded "
-            f"from {URL_INCEPTION_V3} ({type(e).__name__}: {e}). Provide them offline: set fid.inception_weights "
-            "to a torch-fidelity state dict (an offline copy: ../shared/data/fid/"
-            "weights-inception-2015-12-05-6726825d-converted.pth), or copy torch-fidelity's file to "
-            f"{dst}, or convert an EDM/StyleGAN2-ADA `inception-2015-12-05.pt` with "
-            "`python -m pipeline convert-inception inception-2015-12-05.pt --out weights.pth`"
-        ) from e
-    return dst
-
-
-def _inception_weights(cfg, classifier_path) -> Path:
-    return inception_weights(cfg.inception_weights)
-
-
-def _classifier_weights(cfg, classifier_path) -> Path:
-    if classifier_path is None:
-        raise FIDError("--classifier: the classifier feature space needs the classifier weights "
-                       "(build/P/models/D/classifier.safetensors from the train-classifier stage)")
-    path = Path(classifier_path)
-    if not path.is_file():
-        raise FIDError(f"--classifier: {str(path)!r} does not exist; run the train-classifier stage first")
-    return path
-
-
-# --------------------------------------------------------------------------- closed form
-
-
-def _exact_gaussian(samples: torch.Tensor, manifest: dict, blocks: Optional[int]
-                    ) -> tuple[float, Optional[np.ndarray], dict, str]:
-    """Frechet distance of the samples' moments to the data set's true N(mu, s^2 I), and its
-    delete-a-block replicates (None when `blocks` is None): the truth is fixed, the samples are the noise."""
-    from pipeline.core import gaussian
-
-    mu, s = float(manifest["mu"]), float(manifest["s"])
-    if tuple(samples.shape[1:]) != tuple(manifest["shape"]):
-        raise FIDError(f"--samples: shape {list(samples.shape[1:])} differs from the data's {manifest['shape']}")
-    fd = gaussian.frechet_to_truth(samples, mu, s)
-    reps = None if blocks is None else gaussian.frechet_to_truth_replicates(samples, mu, s, blocks)
-    return float(fd), reps, {"mu": mu, "s": s}, f"N({mu:g}, {s:g}^2 I) on {manifest['shape']} (closed form)"
-
-
-def _exact_gmm(samples: torch.Tensor, manifest: dict, blocks: Optional[int], data_dir: Path
-               ) -> tuple[float, Optional[np.ndarray], dict, str]:
-    """Frechet distance of the samples' moments (float, before uint8 rounding) to the mixture's exact
-    mean and covariance (law of total covariance), in pixel space, with delete-a-block replicates."""
-    from pipeline.core import gmm, intervals
-    from pipeline.stages.data import MIXTURE_FILE
-
-    mix = gmm.load(data_dir / MIXTURE_FILE)
-    if tuple(samples.shape[1:]) != tuple(manifest["shape"]):
-        raise FIDError(f"--samples: shape {list(samples.shape[1:])} differs from the data's {manifest['shape']}")
-    mean, cov = mix.moments()
-    x = samples.reshape(len(samples), -1)
-    factor = intervals.covariance_factor(cov)
-    if blocks is None:
-        fd, _ = intervals.frechet_replicates(x, mean, factor, 1)
-        reps = None
-    else:
-        fd, reps = intervals.frechet_replicates(x, mean, factor, blocks)
-    return float(fd), reps, {"mixture_sha256": manifest["mixture"]["sha256"]}, \
-        f"the mixture's exact mean and covariance in pixel space ({mix.K} components, rank {mix.r}; closed form)"
-
-
-def _exact(samples: torch.Tensor, manifest: dict, blocks: Optional[int], data_dir: Path):
-    if manifest.get("source") == "gmm":
-        return _exact_gmm(samples, manifest, blocks, data_dir)
-    return _exact_gaussian(samples, manifest, blocks)
+def closed_form_spaces(data: str) -> list[str]:
+    """Spaces with an exact reference for data sets of kind `data`: always evaluated there."""
+    return [name for name, space in FEATURE_SPACES.items() if space.closed_form is not None and data in space.data]
 
 
 # --------------------------------------------------------------------------- the registered spaces
 
 register(FeatureSpace(
-    "inception", data="images", adapt=ImageSet, comparable_to_papers=True,
-    extractor=INCEPTION, layer=INCEPTION_LAYER, dim=2048, weights=_inception_weights,
+    "inception", data="images", adapt="pipeline.stages.feature_inputs:ImageSet", comparable_to_papers=True,
+    extractor=INCEPTION, layer=INCEPTION_LAYER, dim=2048, weights="pipeline.stages.feature_inputs:inception_weights_of",
     description="the TF FID Inception's 2048-d pool features, as in published FIDs",
 ))
 register(FeatureSpace(
-    "classifier", data="images", adapt=ImageSet, comparable_to_papers=False,
-    extractor=classifier.EXTRACTOR_NAME, layer=classifier.FEATURE_LAYER, weights=_classifier_weights,
-    setup=classifier.register_extractor,
+    "classifier", data="images", adapt="pipeline.stages.feature_inputs:ImageSet", comparable_to_papers=False,
+    extractor=CLASSIFIER_EXTRACTOR, layer=CLASSIFIER_LAYER, weights="pipeline.stages.feature_inputs:classifier_weights_of",
+    setup="pipeline.stages.classifier:register_extractor", own_classifier=True,
     description="penultimate features of the data set's own small classifier (internal)",
 ))
 register(FeatureSpace(
-    "exact", data=("gaussian", "gmm"), adapt=_float64, comparable_to_papers=False,
-    extractor=EXACT_EXTRACTOR, closed_form=_exact,
+    "exact", data=("gaussian", "gmm"), adapt="pipeline.stages.feature_inputs:float64", comparable_to_papers=False,
+    extractor=EXACT_EXTRACTOR, closed_form="pipeline.stages.feature_inputs:exact",
     description="its reference is the true distribution's moments: N(mu, s^2 I) in the data manifest, "
                 "or the fitted mixture's exact mean and covariance",
 ))

@@ -45,8 +45,9 @@ from pipeline.util import console, files, provenance
 from pipeline.core import intervals
 from pipeline.config import FIDConfig, GridPoint
 from pipeline.util.errors import FIDError
-from pipeline.stages.features import EXACT_EXTRACTOR, inception_weights  # noqa: F401  (used as fid.* by pipeline/bench/fid.py)
-from pipeline.stages.features import FEATURE_SPACES, FeatureSpace, check_extractor, feature_space, spaces_for
+from pipeline.stages.feature_inputs import inception_weights  # noqa: F401  (used as fid.* by pipeline/bench/fid.py)
+from pipeline.stages.features import (EXACT_EXTRACTOR, FEATURE_SPACES, FeatureSpace, check_extractor,  # noqa: F401
+                                      feature_space, reference_spaces, spaces_for)
 
 STATS_VERSION = 2  # 2: the id covers the KID reference subset (kid_ref_n, seed)
 LEVEL = intervals.LEVEL
@@ -57,7 +58,7 @@ def _extractor(features: str) -> tuple[str, str]:
     space = feature_space(features)
     if space.layer is None:
         raise FIDError(f"fid.features: {features!r} has no torch-fidelity extractor; "
-                       f"known: {[n for n, s in FEATURE_SPACES.items() if s.layer is not None]}")
+                       f"known: {reference_spaces()}")
     check_extractor(space)
     return space.extractor, space.layer
 
