@@ -275,6 +275,11 @@ rule figures:
     log: _fig.log
     shell: "{params.cmd} --log {log}"
 
+onstart:
+    # A download the run relies on but cannot make (no network, no offline copy) fails here,
+    # naming the key, before the first job; a dry run never probes.
+    ddconfig.preflight(CFG)
+
 onsuccess:
     # Keep DVC in step: record what Snakemake just built in dvc.lock, so that a
     # following `dvc repro` finds nothing to redo (only when dvc.yaml describes

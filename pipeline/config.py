@@ -716,3 +716,73 @@ def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: 
         merged=doc,
     )
 
+
+# --------------------------------------------------------------------------- preflight
+
+
+def preflight(cfg: Config, base_dir: Path = Path("."), timeout_s: float = 5.0) -> None:
+    """What `from_dict` cannot check offline: the downloads the configuration relies on.
+
+    Run before the first job (the Snakefile's onstart, every stage's entry), so that a run that
+    needs a download it cannot make fails at once, naming the key, instead of after its first
+    jobs. Only a download that would actually happen is probed (the files are not there yet):
+    an offline copy, or a file fetched earlier, never touches the network."""
+    for name, run in cfg.runs.items():
+        for ds in filter(None, (run.dataset, run.fit_to)):
+            if ds.download and ds.source in ("mnist", "cifar10") and not _has_copy(ds, base_dir):
+                url = _download_url(ds.source)
+                why = _unreachable(url, timeout_s)
+                if why:
+                    raise ConfigError(f"datasets.{ds.name}.download: {ds.source} is not under {ds.root!r} and "
+                                      f"{url} cannot be reached ({why}); point datasets.{ds.name}.root at a "
+                                      f"local copy (../shared/data holds one for MNIST)")
+        if "inception" in run.fid.features and not run.dataset.is_gaussian and not run.fid.inception_weights:
+            cached, url = _inception_download()
+            why = None if cached.is_file() else _unreachable(url, timeout_s)
+            if why:
+                raise ConfigError(f"fid.inception_weights: null (torch-fidelity downloads them), but {url} cannot "
+                                  f"be reached ({why}) and {cached} is absent (dataset {name}); set "
+                                  f"fid.inception_weights to a local file (../shared/data/fid/"
+                                  f"weights-inception-2015-12-05-6726825d-converted.pth)")
+
+
+def _has_copy(ds: DatasetConfig, base_dir: Path) -> bool:
+    """A copy is there to read (prepare-data checks its md5s): MNIST's raw files, CIFAR-10's batches."""
+    root = base_dir / Path(ds.root).expanduser()
+    if ds.source == "mnist":
+        return len(list((root / "MNIST" / "raw").glob("*-ubyte*"))) >= 4
+    return (root / "cifar-10-batches-py" / "batches.meta").is_file()
+
+
+def _download_url(source: str) -> str:
+    from torchvision.datasets import CIFAR10, MNIST
+
+    if source == "mnist":
+        return MNIST.mirrors[0] + MNIST.resources[0][0]
+    return CIFAR10.url
+
+
+def _inception_download() -> tuple[Path, str]:
+    """(where torch-fidelity's own download lands, its URL): torch.hub's checkpoint folder."""
+    import os
+    from urllib.parse import urlparse
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(URL_INCEPTION_V3).path), URL_INCEPTION_V3
+
+
+def _unreachable(url: str, timeout_s: float) -> Optional[str]:
+    """None when a server answers `url` (any HTTP status: the network works), else why not."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError, refused, DNS, timeouts
+        return f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    return None

@@ -797,3 +797,38 @@ def test_a_data_of_entry_must_share_the_classifier_and_reference_settings(params
     with pytest.raises(ConfigError, match=rf"overrides.mnist-cpu.{section}: must equal mnist-embedded's {section}"):
         config.from_dict(p)
 
+
+# ---------------------------------------------------------------------------- preflight: downloads
+
+
+def test_the_probe_tells_an_answering_server_from_none():
+    assert "refused" in config._unreachable("http://127.0.0.1:9/weights.pth", timeout_s=5).lower()
+
+
+def test_a_download_the_run_cannot_make_is_refused_before_the_first_job(params, tmp_path, monkeypatch):
+    """preflight (the Snakefile's onstart, every stage's entry) probes only a download that would happen."""
+    import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+    from torchvision.datasets import MNIST
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there
+    monkeypatch.setattr(tf_inception, "URL_INCEPTION_V3", "http://127.0.0.1:9/weights-inception.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    config.preflight(config.from_dict(params))  # the embedded default downloads nothing
+
+    p = copy.deepcopy(params)
+    p["datasets"]["mnist"].update(root=str(tmp_path / "nowhere"), download=True)
+    p["run"]["datasets"] = ["mnist"]
+    with pytest.raises(ConfigError, match=r"datasets.mnist.download: mnist is not under '.*nowhere' and "
+                                          r"http://127.0.0.1:9/\S+ cannot be reached \(URLError: .*refused"):
+        config.preflight(config.from_dict(p))
+    assert not (tmp_path / "nowhere").exists()
+
+    p = copy.deepcopy(params)
+    p["fid"].update(features=["inception"], inception_weights=None)
+    with pytest.raises(ConfigError, match=r"fid.inception_weights: null .* cannot be reached .* and "
+                                          r".*weights-inception.pth is absent \(dataset mnist-embedded\)"):
+        config.preflight(config.from_dict(p))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"fetched earlier")
+    config.preflight(config.from_dict(p))  # a file fetched earlier never touches the network

@@ -129,6 +129,42 @@ def test_mnist_gz_only_is_md5_checked_and_extracted_offline_without_writing_root
     assert sorted(p.name for p in raw.iterdir()) == before  # root untouched (may be read-only)
 
 
+def test_a_download_lands_in_root_whole_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    """download: true fetches into a scratch folder and moves the files under `root` only once
+    torchvision succeeded; a download that cannot be made writes nothing at all."""
+    import functools
+    import http.server
+    import threading
+
+    from torchvision.datasets import MNIST
+
+    served = tmp_path / "server"
+    written = fake_mnist(served, gz=True)
+    raw = served / "MNIST" / "raw"
+    monkeypatch.setattr(MNIST, "resources", [(n, md5(raw / n)) for n, _ in MNIST.resources])
+    ds = make(DatasetConfig, name="mnist", source="mnist", root=str(tmp_path / "data" / "mnist"), download=True)
+
+    monkeypatch.setattr(MNIST, "mirrors", ["http://127.0.0.1:9/"])  # nothing listens there
+    with pytest.raises(DataError, match=r"MNIST\(root='.*data/mnist', download=True\) failed"):
+        load_source(ds)
+    assert not (tmp_path / "data").exists()
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(raw))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(MNIST, "mirrors", [f"http://127.0.0.1:{server.server_address[1]}/"])
+        arrays, man = load_source(ds)
+    finally:
+        server.shutdown()
+    assert np.array_equal(arrays["images"][:, 0], written["train"][0])
+    assert man["source_details"]["loaded_from"] == "downloaded by torchvision"
+    got = tmp_path / "data" / "mnist" / "MNIST" / "raw"
+    assert {p.name for p in raw.iterdir()} <= {p.name for p in got.iterdir()}
+    assert not list(got.glob("*.part"))
+
+
 def test_mnist_md5_mismatch_is_one_clear_error(tmp_path):
     fake_mnist(tmp_path, gz=True)  # md5s differ from torchvision's MNIST.resources
     with pytest.raises(DataError) as e:

@@ -164,5 +164,13 @@ def test_a_shipped_checkpoint_that_does_not_match_is_refused_naming_the_file(dat
     weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
     with pytest.raises(CheckpointError, match=r"model.checkpoint: .*unet.safetensors has sha256 .*its sidecar .* says"):
         train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "o3", tmp_path / "r3")
-    for out in ("o1", "o2", "o3"):
+    # a corrupt header whose sidecar was rewritten to match: the hash agrees, the file does not load
+    from pipeline.util import files
+
+    weights.write_bytes(b"\xff" * 8 + weights.read_bytes()[8:])
+    weights.with_suffix(".json").write_text(json.dumps({**sc, "weights_sha256": files.sha256_file(weights)}))
+    with pytest.raises(CheckpointError, match=r"unet.safetensors is not a readable safetensors file.*model.checkpoint: "
+                                              r"replace"):
+        train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "o4", tmp_path / "r4")
+    for out in ("o1", "o2", "o3", "o4"):
         assert not (tmp_path / out / "unet.safetensors").exists()  # nothing half-written

@@ -47,8 +47,8 @@ def tiny_params(job_per: str | None = None) -> dict:
     return p
 
 
-def sh(cmd, cwd, check=True, **kw):
-    env = {**os.environ, "DDBENCH_QUIET": "1", "PYTHONPATH": str(cwd)}
+def sh(cmd, cwd, check=True, env=None, **kw):
+    env = {**(env or os.environ), "DDBENCH_QUIET": "1", "PYTHONPATH": str(cwd)}
     r = subprocess.run(cmd, cwd=cwd, shell=isinstance(cmd, str), capture_output=True, text=True, env=env, **kw)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
@@ -299,6 +299,27 @@ def test_reading_the_snakefile_changes_nothing_on_disk(built):
     before = {p: p.stat().st_mtime_ns for p in files}
     planned_jobs(built)
     assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+def test_a_download_the_run_cannot_make_fails_before_the_first_job_in_both_engines(tmp_path):
+    """Inception features with fid.inception_weights null, no cached copy and no network: Snakemake
+    stops in onstart and `dvc repro` in its first stage, naming the key; no job's output exists."""
+    root = tmp_path / "proj"
+    root.mkdir()
+    p = tiny_params()
+    p["fid"].update(features=["inception"], inception_weights=None)
+    p["run"]["datasets"] = ["mnist-embedded"]
+    make_project(root)
+    write_config(root, p)
+    sh([sys.executable, "-m", "pipeline", "dvc-yaml"], root)
+    # no network: every HTTP(S) request goes to a proxy where nothing listens
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+           "http_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    for cmd in (["snakemake", "--cores", "1"], ["dvc", "repro"]):
+        r = sh(cmd, root, check=False, env=env)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0 and "fid.inception_weights: null" in out and "cannot be reached" in out, out[-3000:]
+        assert not (root / "build").exists() or not [f for f in (root / "build").rglob("*") if f.is_file()]
 
 
 def test_killed_run_resumes_without_redoing_finished_jobs_or_leaving_partial_files(tmp_path):

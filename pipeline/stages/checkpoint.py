@@ -65,9 +65,6 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
 
     path: the .safetensors file (or the folder holding unet.safetensors); its sidecar is the same name with .json.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     if path.is_dir():
         path = path / "unet.safetensors"
@@ -84,6 +81,15 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
     if expected is not None and files.sha256_file(path) != expected:
         raise CheckpointError(f"checkpoint {path} does not match the weights_sha256 in {sidecar_path} "
                               f"(corrupt or from another run); {fix}")
+    model = _rebuild(path, sidecar, sidecar_path, fix)
+    return model.to(device).eval(), sidecar
+
+
+def _rebuild(path: Path, sidecar: dict, sidecar_path: Path, fix: str) -> nn.Module:
+    """The model the sidecar describes, with the weights in `path` loaded strictly (every tensor, every shape)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
@@ -102,7 +108,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[nn.Mo
         model.load_state_dict(tensors)
     except (KeyError, RuntimeError, ConfigError) as e:
         raise CheckpointError(f"checkpoint {path} does not match the model its sidecar describes ({e}); {fix}") from e
-    return model.to(device).eval(), sidecar
+    return model
 
 
 # ---------------------------------------------------------------------------- diffusers import
@@ -270,4 +276,8 @@ def verify_shipped(path: str | os.PathLike, shape: tuple, diffusion: dict) -> tu
     if sidecar.get("diffusion") not in (None, diffusion):
         raise CheckpointError(f"model.checkpoint: {path} was trained with diffusion {sidecar.get('diffusion')}, "
                               f"the configuration says {diffusion}")
+    # A matching hash only says the sidecar was written for these bytes; the bytes must also load
+    # into the model the sidecar describes, or every sampling job would fail later.
+    _rebuild(path, sidecar, sidecar_path, f"model.checkpoint: replace {path} and {sidecar_path.name} with a "
+                                          f"checkpoint that loads (save_checkpoint writes both)")
     return path, sidecar

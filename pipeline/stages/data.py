@@ -35,6 +35,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def _read_mnist(ds: DatasetConfig):
             dataset = _torchvision(MNIST, Path(scratch), download=True, **kwargs)
     elif ds.download:
         how = "downloaded by torchvision"
-        dataset = _torchvision(MNIST, root, download=True, **kwargs)
+        dataset = _download(MNIST, root, **kwargs)
     else:
         missing = [n for n, _ in expected_gz if n not in present_gz]
         raise DataError(f"MNIST not found under {raw}: missing {missing} (and the extracted files "
@@ -209,7 +210,8 @@ def _read_cifar10(ds: DatasetConfig):
             if got != md5:
                 raise DataError(f"CIFAR-10 file {folder / name} is corrupt: md5 {got}, expected {md5} "
                                 f"(torchvision.datasets.CIFAR10). Fix: {fix}")
-    dataset = _torchvision(CIFAR10, root, download=ds.download and bool(missing), train=ds.split == "train")
+    kwargs = {"train": ds.split == "train"}
+    dataset = _download(CIFAR10, root, **kwargs) if missing else _torchvision(CIFAR10, root, download=False, **kwargs)
     images = np.ascontiguousarray(dataset.data.transpose(0, 3, 1, 2))  # NHWC -> NCHW
     labels = np.asarray(dataset.targets, dtype=np.int64)
     details = {"copy": str(root), "layout": "torchvision cifar-10-batches-py", "md5_checked": True,
@@ -217,12 +219,27 @@ def _read_cifar10(ds: DatasetConfig):
     return images, labels, details
 
 
-def _torchvision(cls, root: Path, download: bool, **kwargs):
+def _torchvision(cls, root: Path, download: bool, shown: Optional[Path] = None, **kwargs):
     try:
         return cls(root=str(root), download=download, **kwargs)
     except (RuntimeError, OSError) as e:  # torchvision reports missing/corrupt/unreachable this way
-        raise DataError(f"torchvision.datasets.{cls.__name__}(root={str(root)!r}, download={download}) "
+        raise DataError(f"torchvision.datasets.{cls.__name__}(root={str(shown or root)!r}, download={download}) "
                         f"failed: {e}") from e
+
+
+def _download(cls, root: Path, **kwargs):
+    """torchvision's download into a scratch folder, moved under `root` only once it succeeded:
+    a failed or interrupted download leaves nothing behind (no empty MNIST/raw/ in `root`)."""
+    with tempfile.TemporaryDirectory(prefix="ddbench-download-") as scratch:
+        dataset = _torchvision(cls, Path(scratch), download=True, shown=root, **kwargs)
+        for src in sorted(p for p in Path(scratch).rglob("*") if p.is_file()):
+            dst = root / src.relative_to(scratch)
+            if not dst.exists():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_name(dst.name + ".part")
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)  # whole files only
+    return dataset
 
 
 def _default_root() -> Path:
