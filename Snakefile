@@ -1,7 +1,8 @@
 # ddbench workflow: `snakemake --cores all` (embedded default) or
 # `snakemake --cores all --config preset=gpu`. The DAG is pipeline/dag.py's `jobs()`, the same
 # list dvc.yaml is generated from (tests/test_workflow.py checks the two engines agree). One rule
-# per stage, named after it (profiles/slurm gives each stage its resources by that name): its
+# per stage, named after it (profiles/slurm gives each stage its resources by that name; a
+# mixture's prepare-data, with its extra outputs, is a second rule beside it): its
 # output patterns are dag.paths(), and each job's inputs, command, params and log come from the
 # dag job that makes those outputs. A new data set, sampler or feature space needs no edit here.
 #
