@@ -351,8 +351,10 @@ def main(argv=None) -> int:
             cmd_convert_inception(None, a)
             return 0
         cfg = config.load(a.params, preset=a.preset, sets=a.set)
-        if a.command in STAGES:
-            config.preflight(cfg)  # a download the run cannot make fails here, before any compute
+        if a.command == "prepare-data":
+            # every job chain starts here: a download the run cannot make fails before any compute
+            # (the later stages skip the probe and its imports at start-up)
+            config.preflight(cfg)
         if a.command == "preset":
             cmd_preset(cfg, a, Path(a.params))
             return 0

@@ -723,7 +723,8 @@ def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: 
 def preflight(cfg: Config, base_dir: Path = Path("."), timeout_s: float = 5.0) -> None:
     """What `from_dict` cannot check offline: the downloads the configuration relies on.
 
-    Run before the first job (the Snakefile's onstart, every stage's entry), so that a run that
+    Run before the first job (the Snakefile's onstart, the prepare-data stage that starts every
+    job chain, so `dvc repro` too), so that a run that
     needs a download it cannot make fails at once, naming the key, instead of after its first
     jobs. Only a download that would actually happen is probed (the files are not there yet):
     an offline copy, or a file fetched earlier, never touches the network."""
@@ -737,7 +738,9 @@ def preflight(cfg: Config, base_dir: Path = Path("."), timeout_s: float = 5.0) -
                                       f"{url} cannot be reached ({why}); point datasets.{ds.name}.root at a "
                                       f"local copy (../shared/data holds one for MNIST)")
         if "inception" in run.fid.features and not run.dataset.is_gaussian and not run.fid.inception_weights:
-            cached, url = _inception_download()
+            from pipeline.stages.features import inception_download
+
+            cached, url = inception_download()
             why = None if cached.is_file() else _unreachable(url, timeout_s)
             if why:
                 raise ConfigError(f"fid.inception_weights: null (torch-fidelity downloads them), but {url} cannot "
@@ -760,17 +763,6 @@ def _download_url(source: str) -> str:
     if source == "mnist":
         return MNIST.mirrors[0] + MNIST.resources[0][0]
     return CIFAR10.url
-
-
-def _inception_download() -> tuple[Path, str]:
-    """(where torch-fidelity's own download lands, its URL): torch.hub's checkpoint folder."""
-    import os
-    from urllib.parse import urlparse
-
-    import torch
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(URL_INCEPTION_V3).path), URL_INCEPTION_V3
 
 
 def _unreachable(url: str, timeout_s: float) -> Optional[str]:

@@ -10,10 +10,8 @@ reading the registry (config validation, the DAG) never imports torch.
 from __future__ import annotations
 
 import http.client
-import os
 from pathlib import Path
 from typing import Optional
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -73,9 +71,9 @@ def inception_weights(weights: Optional[str]) -> Path:
                 "--out weights.pth`, or set it to null to let torch-fidelity download its own"
             )
         return path
-    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    from pipeline.stages.features import inception_download
 
-    dst = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(URL_INCEPTION_V3).path)
+    dst, URL_INCEPTION_V3 = inception_download()
     if dst.is_file():
         return dst
     try:

@@ -173,6 +173,19 @@ def spaces_for(data: str) -> list[str]:
     return [name for name, space in FEATURE_SPACES.items() if data in space.data]
 
 
+def inception_download():
+    """(the file torch-fidelity's own Inception download lands in, its URL): torch.hub's checkpoint
+    folder, where torch-fidelity's `load_state_dict_from_url` puts it. Imports torch-fidelity."""
+    import os
+    from pathlib import Path
+    from urllib.parse import urlparse
+
+    import torch
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(URL_INCEPTION_V3).path), URL_INCEPTION_V3
+
+
 def reference_spaces() -> list[str]:
     """Spaces compared with reference statistics of the data (those with a torch-fidelity layer):
     the names `fid.features` may list."""
