@@ -241,6 +241,26 @@ def cmd_reconcile(cfg: Config, a) -> None:
     print(f"reconcile: {n} of {len(jobs)} jobs have outputs DVC vouches for (file times set in DAG order)")
 
 
+def cmd_run_all(cfg: Config, a) -> int:
+    """Every job of the DAG in order, without Snakemake or DVC (pipeline/runner.py)."""
+    from pipeline import dag, runner
+    from pipeline.util import files
+
+    global_args = ["--params", a.params, "--preset", cfg.preset] + [x for kv in a.set for x in ("--set", kv)]
+    deadline = None if a.deadline_s is None else time.monotonic() + a.deadline_s
+    say = lambda s: print(f"run-all: {s}", flush=True)  # noqa: E731
+    jobs = dag.jobs(cfg)
+    outcomes = runner.run(jobs, lambda job: runner.command(job, global_args), deadline=deadline, force=a.force,
+                          keep_going=not a.stop_on_error, say=say)
+    if a.score_partial_s:
+        outcomes += runner.score_partial(jobs, outcomes, global_args, budget_s=a.score_partial_s, say=say)
+    table = runner.report(outcomes)
+    if a.report:
+        files.write_text(a.report, table)
+    print(table.rsplit("\n\n", 1)[-1].strip())
+    return 0 if all(o.status in ("done", "up to date") for o in outcomes) else 1
+
+
 def cmd_preset(cfg: Config, a, params_path: Path) -> None:
     """Switch both engines: set `preset:` in params.yaml (comments kept) and regenerate dvc.yaml."""
     from pipeline import config, dag
@@ -326,6 +346,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--points", action="store_true", help="list every grid point")
     sub.add_parser("reconcile", help="After dvc repro, checkout or pull: give the outputs DVC vouches for "
                    "file times in DAG order, so that Snakemake finds nothing to redo (prints how many jobs).")
+    s = sub.add_parser("run-all", help="Run every job of the DAG in order, each as its own process, without "
+                       "Snakemake or DVC (a machine that has neither): jobs whose outputs are newer than their "
+                       "inputs are skipped, a failed job skips only what needs it; exit 1 unless every job is done.")
+    s.add_argument("--deadline-s", type=float, default=None,
+                   help="start no job after this many seconds and stop the one still running then")
+    s.add_argument("--score-partial-s", type=float, default=0.0,
+                   help="after a deadline stopped a data set's sample job (run.job_per: dataset), spend up to "
+                        "this many seconds scoring the points it finished (then `aggregate --partial`)")
+    s.add_argument("--force", action="store_true", help="rerun jobs whose outputs are up to date")
+    s.add_argument("--stop-on-error", action="store_true", help="run nothing after the first failed job")
+    s.add_argument("--report", help="write the table of jobs and outcomes (Markdown) to this file")
     s = sub.add_parser("dvc-yaml", help="Write dvc.yaml generated from the configuration.")
     s.add_argument("--out", default="dvc.yaml")
     s = sub.add_parser("preset", help="Switch the preset for both engines: edit `preset:` in params.yaml and regenerate dvc.yaml.")
@@ -362,8 +393,11 @@ def main(argv=None) -> int:
             "prepare-data": cmd_prepare_data, "train": cmd_train, "train-classifier": cmd_train_classifier,
             "ref-stats": cmd_ref_stats, "exact-map": cmd_exact_map, "sample": cmd_sample, "fid": cmd_fid, "aggregate": cmd_aggregate,
             "figures": cmd_figures, "validate": cmd_validate, "dvc-yaml": cmd_dvc_yaml, "reconcile": cmd_reconcile,
+            "run-all": cmd_run_all,
         }[a.command]
-        handler(cfg, a)
+        rc = handler(cfg, a)
+        if a.command == "run-all":
+            return rc
         if a.command in STAGES:
             print(f"{a.command}: done in {time.perf_counter() - t0:.1f} s")
         return 0

@@ -103,6 +103,7 @@ class TrainConfig:  # `train`
     log_every: int
     seed: int
     device: str
+    wall_clock_s: Optional[float]  # None: `steps` alone
     bf16: bool
     channels_last: bool
     compile: bool

@@ -1,4 +1,4 @@
-"""Every benchmark the docs list (`python -m pipeline.bench samplers|train|fid|gmm`) runs to its
+"""Every benchmark the docs list (`python -m pipeline.bench samplers|train|fid|gmm|precision`) runs to its
 table, here at tiny sizes: a benchmark that crashes is a broken promise of the docs, whatever its
 numbers. (Speed itself is measured by running them, not by tests.)"""
 import os
@@ -15,6 +15,9 @@ TINY = {
     "samplers": ["--n", "200", "--batch", "4,1,4,4", "--steps", "3", "--repeats", "1"],
     "train": ["--presets", "tiny", "--batch", "2", "--iters", "1", "--device", "cpu"],
     "gmm": ["--sizes", "3x8", "--batch", "4", "--repeats", "1"],
+    # torch.compile's first call takes about a minute on a CPU: scripts/gpu_run.sh runs that mode on the card
+    "precision": ["--preset", "tiny", "--batch", "4", "--train-batch", "2", "--iters", "1", "--warmup", "0",
+                  "--steps", "2", "--matmul-n", "64", "--modes", "fp32,bf16-cl", "--device", "cpu"],
     # the interval table always runs at N = 5,000 (about 30 s on 2 cores): the slow tier
     "fid": ["--features", "classifier,exact", "--n", "16", "--batch-size", "8", "--device", "cpu"],
 }
@@ -36,4 +39,4 @@ def test_benchmark_runs_to_its_table(name):
 
 def test_an_unknown_benchmark_is_named_with_the_known_ones():
     r = subprocess.run([sys.executable, "-m", "pipeline.bench", "warp"], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2 and "unknown benchmark 'warp'; known: samplers, train, fid, gmm" in r.stderr
+    assert r.returncode == 2 and "unknown benchmark 'warp'; known: samplers, train, fid, gmm, precision" in r.stderr

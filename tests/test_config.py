@@ -241,6 +241,9 @@ DOCUMENTED = {
     "gpu": {"job_per": "point", "heavy_threads": "all",
             "steps": {"mnist": [10, 20, 50, 100, 250, 1000], "cifar10": [10, 20, 50, 100, 250, 1000],
                       "gaussian": [10, 20, 50, 100, 250, 1000]}},
+    "gpu-quick": {"job_per": "dataset", "heavy_threads": "all",
+                  "steps": {"mnist": [10, 20, 50, 100, 1000], "cifar10": [10, 20, 50, 100, 1000]}},
+    "gpu-smoke": {"job_per": "dataset", "heavy_threads": "all", "steps": {"mnist": [2, 4, 5], "cifar10": [2, 4, 5]}},
     "paper": {"job_per": "point", "heavy_threads": "all",
               "steps": {"cifar10": [10, 20, 50, 100, 250, 1000], "gaussian": [10, 20, 50, 100, 250, 1000]}},
 }

@@ -223,3 +223,25 @@ def test_a_bad_point_among_many_is_refused_before_any_point_is_sampled(gauss_dir
     with pytest.raises(Exception, match="5000"):
         sample.run_many(cfg(n_images=2), points, DIFF, gauss_dir, None, [tmp_path / p.name for p in points], "gaussian")
     assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_bf16_autocast_and_channels_last_run_on_the_cpu_and_change_eps_only_slightly():
+    from pipeline.config import SampleConfig, make
+    from pipeline.core.unet import build_unet, unet_config
+    from pipeline.stages.sample import model_eps_fn, precision
+
+    torch.manual_seed(0)
+    model = build_unet(unet_config("tiny", in_channels=1, image_size=28)).eval()
+    for m in model.modules():  # every layer active (the DDPM init scales residual outputs by 1e-10)
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            torch.nn.init.xavier_uniform_(m.weight)
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([10, 200, 500, 900])
+    with torch.no_grad():
+        fp32 = model_eps_fn(model, "cpu")(x, t)
+        bf16 = model_eps_fn(model, "cpu", bf16=True, channels_last=True)(x, t)
+    assert bf16.dtype == torch.float32 and bf16.is_contiguous()
+    rel = float((bf16 - fp32).norm() / fp32.norm())
+    assert 0 < rel < 0.05, rel
+    assert precision(make(SampleConfig, bf16=True, channels_last=True)) == "bf16 autocast, channels_last"
+    assert precision(make(SampleConfig)) == "float32"
+    assert precision(make(SampleConfig, bf16=True), exact_eps=True) == "float32"

@@ -174,3 +174,25 @@ def test_a_shipped_checkpoint_that_does_not_match_is_refused_naming_the_file(dat
         train(CFG, shipped, DIFFUSION, data_dir, tmp_path / "o4", tmp_path / "r4")
     for out in ("o1", "o2", "o3", "o4"):
         assert not (tmp_path / out / "unet.safetensors").exists()  # nothing half-written
+
+
+def test_a_wall_clock_budget_stops_training_at_the_first_step_past_it_and_says_so(data_dir, tmp_path):
+    cfg = replace(CFG, steps=100_000, wall_clock_s=1.0, checkpoint_every=1000)
+    side = train(cfg, MODEL, DIFFUSION, data_dir, tmp_path / "out", tmp_path / "resume")
+    assert side["stopped_by"] == "wall_clock_s" and 1 <= side["step"] < 100_000
+    assert side["wall_s"] >= 1.0 and side["train"]["wall_clock_s"] == 1.0
+    # the final step is checkpointed like any last step: a rerun resumes there and stops at once
+    again = train(cfg, MODEL, DIFFUSION, data_dir, tmp_path / "again", tmp_path / "resume")
+    assert again["step"] == side["step"] and again["stopped_by"] == "wall_clock_s"
+    # without a budget the step count decides
+    assert train(CFG, MODEL, DIFFUSION, data_dir, tmp_path / "n", tmp_path / "n-resume")["stopped_by"] == "steps"
+
+
+def test_bf16_autocast_and_channels_last_train_on_the_cpu_and_are_recorded(data_dir, tmp_path):
+    cfg = replace(CFG, bf16=True, channels_last=True, steps=4)
+    side = train(cfg, MODEL, DIFFUSION, data_dir, tmp_path / "out", tmp_path / "resume")
+    fp32 = train(replace(CFG, steps=4), MODEL, DIFFUSION, data_dir, tmp_path / "fp32", tmp_path / "fp32-resume")
+    assert side["precision"] == "bf16 autocast" and fp32["precision"] == "float32"
+    a, b = read_tensors(tmp_path / "out" / "unet.safetensors"), read_tensors(tmp_path / "fp32" / "unet.safetensors")
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert 0 < diff < 0.05  # a different run, not a different model

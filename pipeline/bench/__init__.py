@@ -4,13 +4,15 @@
     train     training throughput (pipeline/bench/train.py)
     fid       feature extraction / FID cost (pipeline/bench/fid.py)
     gmm       exact Gaussian-mixture eps call vs one tiny U-Net call (pipeline/bench/gmm.py)
+    precision fp32 vs bf16 autocast, channels_last and torch.compile: eps, sampling and training
+              throughput, x_0 differences, sampler overhead, share of the matmul peak (pipeline/bench/precision.py)
 """
 from __future__ import annotations
 
 import importlib
 import sys
 
-BENCHMARKS = ("samplers", "train", "fid", "gmm")
+BENCHMARKS = ("samplers", "train", "fid", "gmm", "precision")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -98,7 +98,9 @@ def seeds_text(g: pd.DataFrame) -> str:
 
 
 def devices_text(g: pd.DataFrame) -> str:
-    return "; ".join(sorted(set(g["device_name"].astype(str))))
+    """The devices of a group of runs, each with the eps model's precision ("CPU (...), float32")."""
+    prec = g["precision"] if "precision" in g else pd.Series("float32", index=g.index)
+    return "; ".join(sorted({f"{d}, {p}" for d, p in zip(g["device_name"].astype(str), prec.fillna("float32").astype(str))}))
 
 
 def model_text(row: dict) -> str:

@@ -264,7 +264,7 @@ def comparability(*, papers_features: bool, weights_sha256: Optional[str], ref_c
                    + (" (its hash is not known here)" if CIFAR10_TRAIN_NHWC_SHA256 is None else ""))
     if model_pretrained != PAPERS_MODEL:
         out.append(f"model: {model_pretrained}" if model_pretrained else
-                   "model: exact Gaussian" if model_kind == "exact" else
+                   "model: an exact score (no network)" if model_kind == "exact" else
                    "model: imported, its id not recorded" if model_kind == "diffusers" else "model: ours")
     n_papers = int(ddim_table1_source().n_images)
     if int(n_images) != n_papers:

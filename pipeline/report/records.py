@@ -45,7 +45,7 @@ RUN_COLUMNS = [
     "dataset", "sampler", "steps", "nfe", "spacing", "eta", "options", "n_images", "features",
     "fid", "fid_lo", "fid_hi", "kid_mean", "kid_std", "kid_lo", "kid_hi",
     "path_rms", "path_rms_lo", "path_rms_hi", "path_n",
-    "wall_s", "images_per_s", "s_per_nfe", "device_name",
+    "wall_s", "images_per_s", "s_per_nfe", "device_name", "precision",
     "comparable_to_papers", "papers_note", "point", "nfe_expected", "seed", "seeds", "batch_size",
     "peak_mem_bytes", "device", "torch", "torch_fidelity", "feature_extractor", "ref_n",
     "ref_stats_id", "ref_content_sha256", "features_weights_sha256", "checkpoint_sha256",
@@ -186,6 +186,8 @@ def _row(s: dict, f: dict, preset: str) -> dict:
         "path_rms_hi": _num(s.get("path_rms_hi")), "path_n": s.get("path_n"),
         "wall_s": float(s["wall_s"]), "images_per_s": float(s["images_per_s"]),
         "s_per_nfe": float(s["s_per_nfe"]), "device_name": s["device_name"],
+        # the eps model's arithmetic (records before the field: float32 unless their bf16 flag says not)
+        "precision": s.get("precision") or ("bf16 autocast" if s.get("bf16") else "float32"),
         "comparable_to_papers": not not_comparable, "papers_note": "; ".join(not_comparable),
         "point": s["point"], "nfe_expected": s.get("nfe_expected"), "seed": s["seed"],
         "seeds": s.get("seeds") or f"{s['seed']}..{s['seed'] + n - 1}",

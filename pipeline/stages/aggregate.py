@@ -51,7 +51,7 @@ def _summary(frame: pd.DataFrame, checked: pd.DataFrame, written: list[Path], pr
         prov.append({
             "dataset": dataset, "model": labels.models_text(g), "features": features, "points": len(g),
             "N": uniq(g["n_images"]), "seeds": uniq(g["seeds"]), "spacings": uniq(g["spacing"]),
-            "device": uniq(g["device_name"]), "torch": uniq(g["torch"]),
+            "device": uniq(g["device_name"]), "precision": uniq(g["precision"]), "torch": uniq(g["torch"]),
             "torch-fidelity": uniq(g["torch_fidelity"]), "reference N": uniq(g["ref_n"]),
             "comparable to papers": "yes" if g["comparable_to_papers"].all() else
             f"no ({tables.papers_reasons(g)})",

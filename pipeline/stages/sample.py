@@ -71,16 +71,26 @@ class CountingEps:
 # ---------------------------------------------------------------------------- the eps model
 
 
+def precision(cfg: SampleConfig, exact_eps: bool = False) -> str:
+    """The arithmetic of the eps model as records and tables name it: float32, bf16 autocast, with
+    channels_last appended when set (an exact eps has no network: always float32)."""
+    if exact_eps:
+        return "float32"
+    return ("bf16 autocast" if cfg.bf16 else "float32") + (", channels_last" if cfg.channels_last else "")
+
+
 def model_eps_fn(model: torch.nn.Module, device: str, *, bf16: bool = False, channels_last: bool = False):
-    """nn.Module `model(x, t) -> eps` -> eps_fn(x, t) returning float32; bf16 autocast / channels_last on CUDA only."""
-    cuda = device.startswith("cuda")
-    if cuda and channels_last:
+    """nn.Module `model(x, t) -> eps` -> eps_fn(x, t) returning float32 (contiguous), with bf16 autocast
+    and/or channels-last on any device (CUDA, or the CPU through oneDNN). The sampler's own arithmetic
+    stays float32: only the network runs in bf16."""
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    kind = torch.device(device).type
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if cuda and channels_last and x.dim() == 4:
+        if channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and bf16):
+        with torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
             eps = model(x, t)
         return eps.to(torch.float32).contiguous()
 
@@ -278,7 +288,7 @@ def run_record(*, cfg: SampleConfig, point: GridPoint, options: dict, diffusion:
     `options`: every keyword option the sampler ran with, defaults included; `non_default_options` those
     that differ from the registry's defaults (the runs frame keys settings by them); `eta` repeats
     options["eta"] (null for samplers without one)."""
-    cuda = device.startswith("cuda")
+    exact_eps = model_info.get("model_kind") == "exact"  # closed-form eps: float64/32 arithmetic, no network
     fp = provenance.fingerprint(device)
     return {
         "dataset": dataset,
@@ -305,8 +315,9 @@ def run_record(*, cfg: SampleConfig, point: GridPoint, options: dict, diffusion:
         "device": device,
         "device_name": fp.get("device_name"),
         "torch": torch.__version__,
-        "bf16": bool(cuda and cfg.bf16),
-        "channels_last": bool(cuda and cfg.channels_last),
+        "bf16": bool(cfg.bf16 and not exact_eps),
+        "channels_last": bool(cfg.channels_last and not exact_eps),
+        "precision": precision(cfg, exact_eps),
         "diffusion": asdict(diffusion),
         **model_info,
         "data_manifest_sha256": manifest_sha256,

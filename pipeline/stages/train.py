@@ -121,6 +121,7 @@ class TrainState:
     window: list = field(default_factory=lambda: [0.0, 0])  # running loss sum and count since the last log row
     wall_s: float = 0.0  # training time summed over all runs that built this state
     resumed_from: list = field(default_factory=list)
+    stopped_by: str = "steps"  # which limit ended the last fit: steps | wall_clock_s
 
 
 def new_state(ucfg: UNetConfig, cfg: TrainConfig, device: str) -> TrainState:
@@ -151,7 +152,7 @@ def train_step(state: TrainState, forward: Callable, data: torch.Tensor, alpha_b
     a, s = ab.sqrt().float().to(device), (1.0 - ab).sqrt().float().to(device)
     eps, t = eps.to(device), t.to(device)
     x_t = a * x0 + s * eps
-    if device.startswith("cuda") and cfg.channels_last:
+    if cfg.channels_last:
         x_t = x_t.contiguous(memory_format=torch.channels_last)
 
     state.model.train()
@@ -159,7 +160,7 @@ def train_step(state: TrainState, forward: Callable, data: torch.Tensor, alpha_b
     # fork_rng: the caller's global RNG is left as it was
     with torch.random.fork_rng(devices=[torch.device(device).index or 0] if cuda else []):
         torch.manual_seed(derived_seed(cfg.seed, STREAM_DROPOUT, k))  # dropout masks depend on (seed, k) only
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.bf16):
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=cfg.bf16):
             pred = forward(x_t, t)
         loss = F.mse_loss(pred.float(), eps)  # the "simple" loss (eq. 14)
 
@@ -186,25 +187,39 @@ def fit(state: TrainState, data: torch.Tensor, alpha_bar: torch.Tensor, cfg: Tra
         callback: Callable[[int, float], None] | None = None, progress: bool = True) -> TrainState:
     """Run updates state.step .. stop-1; log every `log_every`, call `on_checkpoint` every `checkpoint_every`.
 
-    callback(step, loss) runs after every update (step counts updates done); an exception
-    raised there stops training like a kill would (the test of resuming uses this).
+    With `cfg.wall_clock_s`, stop earlier: after the first update that ends with the training
+    wall-clock (state.wall_s, resumed runs included) past the budget; `state.stopped_by` says which
+    limit stopped it. callback(step, loss) runs after every update (step counts updates done); an
+    exception raised there stops training like a kill would (the test of resuming uses this).
     """
     from tqdm.auto import tqdm
 
     forward = state.model
-    if device.startswith("cuda") and cfg.compile:
+    if cfg.compile:
         forward = torch.compile(state.model)
+    budget = cfg.wall_clock_s
     bar = tqdm(total=stop, initial=state.step, desc="train", unit="step", dynamic_ncols=True,
                disable=not progress or console.quiet())
     t_run, t_log, n_log = time.perf_counter(), time.perf_counter(), 0
     wall0 = state.wall_s
+    state.stopped_by = "steps"
     try:
         while state.step < stop:
+            if budget is not None and state.wall_s >= budget:
+                state.stopped_by = "wall_clock_s"
+                break
             loss = train_step(state, forward, data, alpha_bar, cfg, device)
             state.window[0] += loss
             state.window[1] += 1
             n_log += 1
             bar.update(1)
+            if budget is not None:  # the clock the budget reads: synchronised, so it counts GPU work done
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                state.wall_s = wall0 + time.perf_counter() - t_run
+                if state.wall_s >= budget and state.step < stop:
+                    stop = state.step  # this step is the last: log and checkpoint it as the final one
+                    state.stopped_by = "wall_clock_s"
             if state.step % cfg.log_every == 0 or state.step == stop:
                 if device.startswith("cuda"):
                     torch.cuda.synchronize()
@@ -301,7 +316,7 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
     if load_state(state, resume_dir, identity) and state.step > cfg.steps:
         raise ConfigError(f"train.steps: {cfg.steps} is below the step of the resume state in {resume_dir} "
                           f"({state.step}); raise train.steps or delete {resume_dir}")
-    if device.startswith("cuda") and cfg.channels_last:
+    if cfg.channels_last:
         state.model.to(memory_format=torch.channels_last)
         state.ema.to(memory_format=torch.channels_last)
     tensor = _training_tensor(data).to(device)
@@ -320,6 +335,8 @@ def train(cfg: TrainConfig, model_cfg: ModelConfig, diffusion: DiffusionConfig, 
         "params": count_parameters(state.ema),
         **common,
         "step": state.step,
+        "stopped_by": state.stopped_by,  # steps | wall_clock_s (train.wall_clock_s)
+        "precision": "bf16 autocast" if cfg.bf16 else "float32",
         "ema_decay": cfg.ema_decay,
         "ema_rule": EMA_RULE,
         "train": asdict(cfg),
