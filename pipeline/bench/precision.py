@@ -5,13 +5,14 @@ For each mode (fp32 eager; bf16 autocast + channels_last; the same under torch.c
   stage's own eps function (pipeline.stages.sample.model_eps_fn), timed with CUDA events after
   synchronisation on a GPU (perf_counter on the CPU), after untimed warm-up calls;
 - **sampling**: DDIM (eta = 0) with `--steps` steps on the same seeds through the sample stage's
-  `generate`: images/s, the max |x_0 - x_0(fp32)| over the batch (a bf16 sample is a different
-  sample), and the sampler's overhead: wall time minus NFE x the model's own time per call, as a
+  `generate`: images/s, the max and RMS of x_0 - x_0(fp32) over the batch (a bf16 sample is a
+  different sample), and the sampler's overhead: wall time minus NFE x the model's own time per call, as a
   share of the wall time;
 - **training**: optimiser steps/s of forward + backward + AdamW at `--train-batch`, as the train
   stage runs them (autocast, channels_last, compile);
 - **share of peak**: the model's FLOPs per image (torch's FlopCounterMode) x images/s, against
-  this device's measured dense matmul rate in the mode's dtype;
+  this device's measured dense matmul rate in the mode's dtype (training: three times the
+  forward's FLOPs, for forward + backward);
 - **peak memory** of each part (CUDA: max_memory_allocated; CPU: the process's peak RSS).
 
 The weights are the DDPM initialisation re-drawn so that every layer is active (the DDPM init
@@ -162,10 +163,12 @@ def measure(mode: str, preset: str, checkpoint, device: str, batch: int, steps: 
     row["sampler_overhead_share"] = round(overhead / wall, 4)
     row["sample_peak_mem_mib"] = round(peak_bytes(device) / 2**20, 1)
     if "x0" in reference:
-        row["max_abs_x0_diff_vs_fp32"] = float((x0 - reference["x0"]).abs().max())
+        d = x0 - reference["x0"]
+        row["max_abs_x0_diff_vs_fp32"] = float(d.abs().max())
+        row["rms_x0_diff_vs_fp32"] = float(d.pow(2).mean().sqrt())  # the typical pixel, beside the worst one
     elif mode == "fp32":
         reference["x0"] = x0
-        row["max_abs_x0_diff_vs_fp32"] = 0.0
+        row["max_abs_x0_diff_vs_fp32"] = row["rms_x0_diff_vs_fp32"] = 0.0
 
     # training: forward + backward + AdamW, as the train stage runs them
     model.train()
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=None, help="timed calls / steps (default: 10 on CUDA, 2 on the CPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     p.add_argument("--modes", default="fp32,bf16-cl,bf16-cl-compile", help=f"comma-separated, from {list(MODES)}")
-    p.add_argument("--matmul-n", type=int, default=None, help="side of the peak-rate matmul (default: 8192 on CUDA, 1024 on the CPU)")
+    p.add_argument("--matmul-n", type=int, default=None, help="side of the peak-rate matmul (default: 8192 on CUDA, 2048 on the CPU)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default=None, help="folder for precision.json and precision.md")
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     batch, train_batch = a.batch or (500 if cuda else 16), a.train_batch or (128 if cuda else 8)
-    iters, n = a.iters or (10 if cuda else 2), a.matmul_n or (8192 if cuda else 1024)
+    iters, n = a.iters or (10 if cuda else 2), a.matmul_n or (8192 if cuda else 2048)
     if min(batch, train_batch, iters, a.steps) < 1:
         p.error("--batch, --train-batch, --iters and --steps must be >= 1")
 
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{iters} timed calls after {a.warmup} warm-up; matmul peak {n}^3: fp32 {peaks[False] / 1e12:.2f}, "
                   f"bf16 {peaks[True] / 1e12:.2f} TFLOP/s (measured)")
         cols = ["mode", "eps_img_per_s", "eps_speedup_vs_fp32", "eps_share_of_matmul_peak", "sample_img_per_s",
-                "sampler_overhead_share", "max_abs_x0_diff_vs_fp32", "train_img_per_s", "train_speedup_vs_fp32",
+                "sampler_overhead_share", "max_abs_x0_diff_vs_fp32", "rms_x0_diff_vs_fp32", "train_img_per_s", "train_speedup_vs_fp32",
                 "train_share_of_matmul_peak", "eps_peak_mem_mib", "train_peak_mem_mib", "first_call_s", "skipped"]
         frame = pd.DataFrame(rows)
         table = frame[[c for c in cols if c in frame]].to_markdown(index=False)
