@@ -241,6 +241,7 @@ DOCUMENTED = {
     "gpu": {"job_per": "point", "heavy_threads": "all",
             "steps": {"mnist": [10, 20, 50, 100, 250, 1000], "cifar10": [10, 20, 50, 100, 250, 1000],
                       "gaussian": [10, 20, 50, 100, 250, 1000]}},
+    "cpu-inception": {"job_per": "point", "heavy_threads": "all", "steps": {"mnist": [10, 20, 50, 100]}},
     "gpu-quick": {"job_per": "dataset", "heavy_threads": "all",
                   "steps": {"mnist": [10, 20, 50, 100, 1000], "cifar10": [10, 20, 50, 100, 1000]}},
     "gpu-smoke": {"job_per": "dataset", "heavy_threads": "all", "steps": {"mnist": [2, 4, 5], "cifar10": [2, 4, 5]}},
