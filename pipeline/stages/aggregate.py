@@ -16,6 +16,8 @@ one folder (`results/<preset>/tables`):
 - `claims.{md,csv,tex}`: each speed-quality claim of the papers with a verdict on our
   numbers decided by paired intervals, as the paper compares and at equal NFE
   (pipeline.report.claims; method in docs/claims.md).
+- `agreement-<D>.md`: a data set scored in two or more feature spaces: how far they rank the grid
+  points and decide the claims alike (pipeline.report.agreement).
 - `summary.md`: provenance (preset, model, device, torch, N, seeds) and an index of the files;
   after `aggregate --partial`, the grid points without records yet.
 
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.report import claims, labels, papers, tables
+from pipeline.report import agreement, claims, labels, papers, tables
 from pipeline.util.files import atomic_path, write_text
 from pipeline.report.labels import series_label
 from pipeline.report.records import model_quality_groups, table_groups, tidy
@@ -139,6 +141,10 @@ def run(sample_records: list[Path], fid_records: list[Path], out_dir: Path, *, p
         written.append(out_dir / name)
     _write_csv(out_dir / "claims.csv", checked[claims.CLAIM_COLUMNS])
     written.append(out_dir / "claims.csv")
+    for dataset, pairs in agreement.agreement(frame, checked).items():  # a data set in two or more feature spaces
+        path = out_dir / f"agreement-{dataset}.md"
+        write_text(path, agreement.render_markdown(dataset, pairs, preset))
+        written.append(path)
     write_text(out_dir / "summary.md",
                _summary(frame, checked, written, preset, len(sample_records), len(fid_records), unfinished))
     return frame
