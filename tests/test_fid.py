@@ -318,7 +318,8 @@ def random_inception_weights(path: Path) -> Path:
 @pytest.mark.slow  # 13 s of Inception on the CPU: the CI tier runs it
 def test_inception_space_offline_with_random_weights(mnist_dir, images, tmp_path):
     weights = random_inception_weights(tmp_path / "random-inception.pth")
-    cfg = fid_cfg(inception_weights=str(weights), ref_n=6, kid_ref_n=6, batch_size=6)
+    cfg = fid_cfg(inception_weights=str(weights), inception_weights_sha256=files.sha256_file(weights),
+                  ref_n=6, kid_ref_n=6, batch_size=6)
     side = fid.reference_stats(cfg, "inception", mnist_dir, None, tmp_path / "inception.npz")
     assert side["feature_extractor"] == "inception-v3-compat" and side["feature_dim"] == 2048
     assert side["weights_sha256"] == files.sha256_file(weights) and side["count"] == 6
@@ -389,3 +390,18 @@ def test_exact_gaussian_fd_matches_closed_form(tmp_path):
         fid.evaluate(fid_cfg(), "classifier", path, gdir, None, None, tmp_path / "x.json", "gaussian", "p")
     with pytest.raises(fid.FIDError, match="needs no reference stats"):
         fid.reference_stats(fid_cfg(), "exact", gdir, None, tmp_path / "e.npz")
+
+
+def test_inception_weights_that_are_not_the_standard_file_are_refused_unless_pinned(tmp_path):
+    wrong = tmp_path / "weights-inception-2015-12-05-6726825d.pth"  # the right name, not the right bytes
+    torch.save({"not": torch.zeros(1)}, wrong)
+    sha = files.sha256_file(wrong)
+    with pytest.raises(fid.FIDError, match=r"^fid.inception_weights: .* is not the standard FID Inception .* set "
+                                          rf"fid.inception_weights_sha256: {sha} \(its FIDs are then not comparable"):
+        feature_inputs.inception_weights_of(fid_cfg(inception_weights=str(wrong)), None)
+    with pytest.raises(fid.FIDError, match=rf"has sha256 {sha}, but fid.inception_weights_sha256 says 0{{64}}"):
+        feature_inputs.inception_weights_of(fid_cfg(inception_weights=str(wrong), inception_weights_sha256="0" * 64), None)
+    assert feature_inputs.inception_weights_of(fid_cfg(inception_weights=str(wrong), inception_weights_sha256=sha),
+                                               None) == wrong
+    if SHARED_WEIGHTS.is_file():  # the verified offline copy needs no pin
+        assert feature_inputs.inception_weights_of(fid_cfg(inception_weights=str(SHARED_WEIGHTS)), None) == SHARED_WEIGHTS

@@ -413,6 +413,12 @@ def _fit_gmm(ds: DatasetConfig, fit_to: Optional[DatasetConfig]):
     arrays, fit_manifest = load_source(fit_to)
     images = arrays["images"]
     x = from_uint8(images).reshape(len(images), -1).double().numpy()
+    n, d = x.shape
+    for key, v in (("rank", ds.rank), ("components", ds.components)):
+        top = min(n, d) if key == "rank" else n
+        if v > top:  # before the fit, naming the key (config.py refuses it earlier where the sizes are known)
+            raise DataError(f"datasets.{ds.name}.{key}: {v} exceeds what the {n:,} images of {d:,} values of "
+                            f"{fit_to.name!r} allow; allowed: 1..{top}")
     mix = gmm.fit(x, components=ds.components, rank=ds.rank, seed=ds.seed, reg_covar=ds.reg_covar,
                   shape=images.shape[1:])
     samples, comp = gmm.sample(mix, ds.n, seed=REFERENCE_SEED_OFFSET + ds.seed, return_components=True)

@@ -91,8 +91,29 @@ def inception_weights(weights: Optional[str]) -> Path:
     return dst
 
 
+def check_inception_weights(path: Path, pinned: Optional[str]) -> str:
+    """The weights file's sha256, refused (FIDError naming the key) unless it is `pinned` or, with no
+    pin, a standard FID Inception (papers.is_standard_fid_weights): a truncated download, a file from
+    another model or an accidental edit would otherwise give FIDs that look standard and are not."""
+    from pipeline.report.papers import is_standard_fid_weights
+    from pipeline.util import files
+
+    sha = files.sha256_file(path)
+    if pinned is not None and sha != pinned:
+        raise FIDError(f"fid.inception_weights: {str(path)!r} has sha256 {sha}, but fid.inception_weights_sha256 "
+                       f"says {pinned}; point fid.inception_weights at that file or correct the hash")
+    if pinned is None and not is_standard_fid_weights(sha):
+        raise FIDError(f"fid.inception_weights: {str(path)!r} (sha256 {sha[:16]}...) is not the standard FID "
+                       "Inception (../shared/data/fid/weights-inception-2015-12-05-6726825d-converted.pth, or "
+                       "torch-fidelity's own weights-inception-2015-12-05-6726825d.pth); to use it anyway, set "
+                       f"fid.inception_weights_sha256: {sha} (its FIDs are then not comparable to the papers')")
+    return sha
+
+
 def inception_weights_of(cfg, classifier_path) -> Path:
-    return inception_weights(cfg.inception_weights)
+    path = inception_weights(cfg.inception_weights)
+    check_inception_weights(path, cfg.inception_weights_sha256)
+    return path
 
 
 def classifier_weights_of(cfg, classifier_path) -> Path:
